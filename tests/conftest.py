@@ -1,0 +1,54 @@
+"""Shared fixtures: a small generated corpus, tiny model flags and a way to run the CLI in-process."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyllm.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
+        "--eval_iters", "2", "--log_interval", "5", "--sample_interval", "0", "--lr", "1e-2",
+        "--lr_warmup_steps", "2", "--no-progress"]
+
+
+def make_text(n_words: int = 6000, seed: int = 0) -> str:
+    """Pseudo-English with real structure (a small vocabulary, sentences, lines) so a model can learn it."""
+    rng = random.Random(seed)
+    words = ("the cat sat on a warm mat and the dog ran to the old red barn while rain fell softly "
+             "over green hills where small birds sang").split(" ")
+    out, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choice(words))
+        if rng.random() < 0.12:
+            out.append(" ".join(line).capitalize() + ".")
+            line = []
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(make_text(), encoding="utf-8")
+    return p
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the CLI in this process and return its exit status."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def run_subprocess(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train_tinyllm.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300, **kw)

@@ -1,0 +1,112 @@
+"""Every bad input: exit status 2, a one-line message naming the flag or file, no traceback, and
+nothing in an existing run folder overwritten."""
+
+import pytest
+from conftest import TINY, run_cli, run_subprocess
+
+
+@pytest.fixture
+def existing_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "3", "--eval_interval", "0"]) == 0
+    return out
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def check(args, needle, capsys):
+    code = run_cli(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert needle in err, err
+    assert "Traceback" not in err
+    assert err.strip().count("\n") <= 1, err  # usage line + error line at most
+
+
+def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
+    before = snapshot(existing_run)
+    out = ["--out_dir", existing_run, *TINY]
+    d = tmp_path
+    (d / "empty.txt").write_bytes(b"")
+    (d / "latin1.txt").write_bytes(b"abc\xff\xfe def" * 100)
+    (d / "short.txt").write_text("tiny text")
+    cases = [
+        (["--data_path", d / "missing.txt"], "--data_path: file not found"),
+        (["--data_path", d], "is a directory"),
+        (["--data_path", d / "empty.txt"], "is empty"),
+        (["--data_path", d / "latin1.txt"], "not UTF-8 (invalid byte 0xff at byte offset 3)"),
+        (["--data_path", d / "short.txt"], "needs at least 33"),
+        (["--n_embd", "30", "--n_head", "4"], "divisible by --n_head"),
+        (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--device", "cuda:7"], "--device"),
+        (["--device", "tpu"], "--device"),
+    ]
+    for args, needle in cases:
+        check([*out, *args], needle, capsys)
+    assert snapshot(existing_run) == before
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    check(["--out_dir", tmp_path / "nothing", "--generate_only"], "no checkpoint at", capsys)
+    check(["--out_dir", tmp_path / "nothing", "--resume"], "no checkpoint at", capsys)
+
+
+def test_corrupt_and_truncated_checkpoint(existing_run, capsys):
+    ckpt = existing_run / "ckpt.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    check(["--out_dir", existing_run, "--generate_only"], "corrupt or truncated", capsys)
+    check(["--out_dir", existing_run, "--resume"], "corrupt or truncated", capsys)
+    assert ckpt.read_bytes() == data[: len(data) // 2]
+    ckpt.write_bytes(b"not a checkpoint at all")
+    check(["--out_dir", existing_run, "--generate_only"], "corrupt or truncated", capsys)
+
+
+def test_shape_conflicts(existing_run, capsys):
+    for flag, value in (("--n_embd", "64"), ("--n_head", "4"), ("--block_size", "16"), ("--no-bias", None)):
+        args = ["--out_dir", existing_run, "--generate_only", flag] + ([value] if value else [])
+        check(args, f"{flag.replace('--no-', '--')} ", capsys)
+
+
+def test_cuda_where_there_is_none(corpus, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    check(["--data_path", corpus, "--out_dir", tmp_path / "x", *TINY, "--device", "cuda"],
+          "no CUDA GPU is available", capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_flag_and_bad_choice_exit_2(capsys):
+    check(["--no_such_flag", "1"], "unrecognized arguments", capsys)
+    check(["--ckpt", "middle"], "invalid choice", capsys)
+
+
+def test_real_process_exit_status_and_no_traceback(tmp_path):
+    r = run_subprocess(["--data_path", tmp_path / "missing.txt", "--out_dir", tmp_path / "o"])
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: --data_path") and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_that_would_run_code_is_refused(existing_run, tmp_path, capsys):
+    """A pickle payload that would create a marker file on load: refused, and the code never runs."""
+    import os
+
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ckpt = torch.load(existing_run / "ckpt.pt", weights_only=True)
+    ckpt["evil"] = Payload()
+    torch.save(ckpt, existing_run / "ckpt.pt")
+    check(["--out_dir", existing_run, "--generate_only"], "refusing to load", capsys)
+    assert not marker.exists()

@@ -1,0 +1,135 @@
+"""Atomic saving, safe loading and the RNG part of resume state.
+
+A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts, so `torch.load(...,
+weights_only=True)` reads it and a file that tries to run code on load is refused. Every write goes to a
+temporary file in the same folder, is fsynced, then `os.replace`d over the old one: a crash at any moment
+leaves either the old complete file or the new complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyllm.errors import UserError
+
+FORMAT_VERSION = 1
+CKPT_NAMES = {"last": "ckpt.pt", "best": "ckpt_best.pt"}
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself lives in the directory entry: fsync the folder so it survives a power cut.
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Serialise in memory first, so a failure while pickling never touches the file on disk."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    _atomic_write_bytes(Path(path), buf.getvalue())
+
+
+REQUIRED_KEYS = ("format_version", "config", "model_args", "model", "tokenizer", "step")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The one way to read a checkpoint (resume, generation, GUI and export all call it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"no checkpoint at {p}; train first (python train_tinyllm.py --out_dir "
+                        f"{p.parent}) or point --out_dir at a run folder")
+    corrupt = UserError(f"checkpoint {p} is corrupt or truncated; use another checkpoint or retrain")
+    # torch.save has written zip archives since 1.6; anything else is damage (or not ours), and is never
+    # handed to the legacy unpickler.
+    if not zipfile.is_zipfile(p):
+        raise corrupt
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower()] or ["unsupported content"]
+        first = lines[0]
+        raise UserError(f"refusing to load {p}: it holds objects that could run code when unpickled "
+                        f"({first[:200]}); only load checkpoints you trust, written by tinyllm") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError):
+        raise corrupt from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise UserError(f"{p} is not a tinyllm checkpoint (missing keys); use one written by tinyllm")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{p} was written by a newer tinyllm (format {ckpt['format_version']}); upgrade tinyllm")
+    ckpt["model"] = strip_prefixes(ckpt["model"])
+    return ckpt
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the wrappers' prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k.replace("._orig_mod.", ".")] = v
+    return out
+
+
+def capture_rng() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        # weights_only refuses ndarrays, so numpy's key array travels as a tensor, Python's as lists.
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x: Any) -> Any:
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x: Any) -> Any:
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x

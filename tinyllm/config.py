@@ -1,0 +1,210 @@
+"""Every setting of tinyllm in one dataclass.
+
+Each field carries its help text, group, allowed choices and lower bound in its metadata. The argparse
+flags, JSON loading and saving, validation and the GUI form are all derived from this one declaration,
+so a setting is never declared twice and never accepted and then ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tinyllm.errors import UserError
+
+GROUPS = ("data", "model", "training", "optimizer", "schedule", "eval", "generation", "system")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "tiny_char_gpt.json"
+
+
+def opt(
+    default: Any,
+    help: str,
+    group: str,
+    choices: tuple[str, ...] | None = None,
+    min: float | None = None,
+    min_exclusive: bool = False,
+    max: float | None = None,
+    shape: bool = False,
+) -> Any:
+    """A config field with its documentation attached.
+
+    `shape=True` marks settings that define the model's tensors or vocabulary: on resume they must match
+    the checkpoint, because silently ignoring or changing them would load the wrong weights.
+    """
+    assert group in GROUPS, group
+    meta = {"help": help, "group": group, "choices": choices, "min": min, "min_exclusive": min_exclusive,
+            "max": max, "shape": shape}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # data
+    data_path: str = opt("data/tiny_corpus.txt", "UTF-8 text file to train on.", "data")
+    val_fraction: float = opt(0.1, "Fraction of the text, taken from its end, held out for validation.",
+                              "data", min=0.0, max=0.5)
+    out_dir: str = opt("out/tiny_char_gpt", "Folder for checkpoints, metrics, logs and the tokenizer.", "data")
+
+    # model
+    n_layer: int = opt(4, "Number of transformer blocks.", "model", min=1, shape=True)
+    n_head: int = opt(4, "Attention heads per block; must divide n_embd.", "model", min=1, shape=True)
+    n_embd: int = opt(128, "Width of the residual stream (embedding size).", "model", min=1, shape=True)
+    block_size: int = opt(128, "Context length in tokens.", "model", min=1, shape=True)
+    dropout: float = opt(0.0, "Dropout probability in attention and MLP outputs.", "model", min=0.0, max=0.9)
+    bias: bool = opt(True, "Use biases in linear layers and LayerNorms.", "model", shape=True)
+
+    # training
+    batch_size: int = opt(32, "Sequences per optimizer step.", "training", min=1)
+    max_steps: int = opt(1200, "Optimizer steps to train for (the run's total, across resumes).", "training",
+                         min=1)
+    max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of training; 0 = no limit.",
+                          "training", min=0.0)
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
+                           "training", min=0.0)
+    seed: int = opt(1337, "Random seed for weights, batches and sampling.", "training")
+
+    # optimizer
+    lr: float = opt(3e-3, "Peak learning rate.", "optimizer", min=0.0, min_exclusive=True)
+    weight_decay: float = opt(0.1, "AdamW weight decay (never applied to norms, biases or embeddings).",
+                              "optimizer", min=0.0)
+    beta1: float = opt(0.9, "Adam beta1.", "optimizer", min=0.0, max=1.0)
+    beta2: float = opt(0.99, "Adam beta2.", "optimizer", min=0.0, max=1.0)
+
+    # schedule
+    lr_warmup_steps: int = opt(100, "Steps of linear warmup from 0 to lr.", "schedule", min=0)
+    lr_decay_steps: int = opt(0, "Step at which cosine decay reaches lr_min; 0 = max_steps.", "schedule",
+                              min=0)
+    lr_min: float = opt(3e-4, "Learning rate at the end of the decay.", "schedule", min=0.0)
+
+    # eval, logging, checkpoints
+    eval_interval: int = opt(200, "Evaluate every N steps (and at the last step); 0 disables eval.", "eval",
+                             min=0)
+    eval_iters: int = opt(20, "Batches averaged per evaluation.", "eval", min=1)
+    log_interval: int = opt(25, "Write a train row to metrics.jsonl every N steps.", "eval", min=1)
+    sample_interval: int = opt(600, "Print a text sample every N steps; 0 disables.", "eval", min=0)
+    checkpoint_interval: int = opt(500, "Save ckpt.pt every N steps (it is also saved at the end and on "
+                                   "Ctrl+C); 0 = only then.", "eval", min=0)
+
+    # generation
+    prompt: str = opt("\n", "Text to start generation from.", "generation")
+    sample_chars: int = opt(200, "New tokens to generate (characters for the char tokenizer).",
+                            "generation", min=1)
+    temperature: float = opt(0.8, "Sampling temperature; 0 = greedy.", "generation", min=0.0)
+    top_k: int = opt(0, "Keep only the k most likely tokens; 0 = off.", "generation", min=0)
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest set of tokens with this much probability; "
+                       "1.0 = off.", "generation", min=0.0, min_exclusive=True, max=1.0)
+    repetition_penalty: float = opt(1.0, "Divide positive (multiply negative) logits of tokens already in the "
+                                    "context by this; 1.0 = off.", "generation", min=0.0, min_exclusive=True)
+    num_samples: int = opt(1, "Samples to generate with --generate_only.", "generation", min=1)
+    ckpt: str = opt("last", "Checkpoint to generate from: ckpt.pt (last) or ckpt_best.pt (best).",
+                    "generation", choices=("last", "best"))
+    drop_unknown_chars: bool = opt(False, "Drop prompt characters the vocabulary lacks (with a warning) "
+                                   "instead of stopping with an error.", "generation")
+
+    # system
+    device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "system")
+    progress: bool = opt(True, "Show a progress bar.", "system")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(Config)}
+SHAPE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["shape"])
+
+
+def _type_of(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "bool": bool, "str": str}[f.type if isinstance(f.type, str)
+                                                                  else f.type.__name__]
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Check one JSON value against its field's type; an int is accepted for a float, nothing else."""
+    if name not in FIELDS:
+        raise UserError(f"unknown config key '{name}'; valid keys are listed by `python train_tinyllm.py --help`")
+    kind = _type_of(FIELDS[name])
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"config key '{name}' must be {kind.__name__}, got {json.dumps(value)}")
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value's range and choices, and the constraints between settings."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        meta = f.metadata
+        if meta["choices"] and value not in meta["choices"]:
+            raise UserError(f"--{name} must be one of {', '.join(meta['choices'])}, got '{value}'")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{name} must be a finite number, got {value}")
+        lo, hi = meta["min"], meta["max"]
+        if lo is not None and (value < lo or (meta["min_exclusive"] and value == lo)):
+            bound = f"greater than {lo}" if meta["min_exclusive"] else f"at least {lo}"
+            raise UserError(f"--{name} must be {bound}, got {value}")
+        if hi is not None and value > hi:
+            raise UserError(f"--{name} must be at most {hi}, got {value}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
+    if cfg.lr_min > cfg.lr:
+        raise UserError(f"--lr_min ({cfg.lr_min}) must not exceed --lr ({cfg.lr})")
+    if not cfg.data_path:
+        raise UserError("--data_path must name a text file")
+    if not cfg.out_dir:
+        raise UserError("--out_dir must name a folder")
+    return cfg
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """Read a config JSON file into checked key/values (not yet merged or range-validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config: file not found: {p}")
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--config: {p} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--config: {p} must hold a JSON object of settings")
+    try:
+        return {k: coerce(k, v) for k, v in raw.items()}
+    except UserError as e:
+        raise UserError(f"--config {p}: {e}") from None
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from defaults overridden by `values` (each checked); unknown keys are errors."""
+    return Config(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def save_json(cfg: Config, path: str | Path) -> None:
+    from tinyllm.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field, grouped as in the dataclass. Defaults are SUPPRESSed so that the parsed
+    namespace holds only what the user typed: that is what lets flags override JSON and checkpoints."""
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    for name, f in FIELDS.items():
+        meta, kind = f.metadata, _type_of(f)
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{meta['help']} (default: {f.default!r})"}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            kwargs["metavar"] = kind.__name__.upper()
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+                kwargs.pop("metavar")
+        groups[meta["group"]].add_argument(f"--{name}", **kwargs)

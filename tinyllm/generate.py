@@ -1,0 +1,117 @@
+"""Sampling from a trained model: one function that the CLI, the GUI and the KV-cache path share.
+
+Order of the logit processors, as in Hugging Face's generate: repetition penalty, then temperature, then
+top-k, then top-p. Temperature 0 means greedy (argmax after the repetition penalty).
+
+The context rule at the window edge: the model sees at most block_size tokens. When the context is full
+and one more token must be appended, the context keeps only its last block_size // 2 tokens and goes on
+from there. (A prompt longer than block_size starts from its last block_size tokens.) Dropping half the
+window at once, instead of one token per step, is what lets a KV cache follow exactly the same rule: it
+re-fills itself from the kept half, so cached and uncached generation pick the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
+from tinyllm.model import GPT, ModelArgs
+from tinyllm.tokenizer import tokenizer_from_json
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> SamplingParams:
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
+    """(B, V) logits -> (B, V) logits with every processor applied; removed tokens get -inf."""
+    logits = logits.float()
+    if p.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if p.temperature == 0:
+        return logits
+    logits = logits / p.temperature
+    if p.top_k > 0 and p.top_k < logits.size(-1):
+        kth = torch.topk(logits, p.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # A token is removed when the tokens ranked above it already hold top_p of the mass, so the
+        # most likely token always stays.
+        remove_sorted = (torch.cumsum(probs, dim=-1) - probs) > p.top_p
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row of (B, V) logits; returns (B, 1) ids."""
+    logits = process_logits(logits, seen, p)
+    if p.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, params: SamplingParams,
+             generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Yield (B, 1) new token ids one step at a time, so callers can stream text as it comes."""
+    block = model.args.block_size
+    seen = torch.zeros(idx.size(0), model.args.vocab_size, dtype=torch.bool, device=idx.device)
+    seen.scatter_(1, idx, True)
+    ctx = idx[:, -block:]
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            logits, _ = model(ctx)
+            nxt = sample_next(logits[:, -1, :], seen, params, generator)
+            seen.scatter_(1, nxt, True)
+            if ctx.size(1) == block:
+                ctx = ctx[:, block - block // 2:]
+            ctx = torch.cat([ctx, nxt], dim=1)
+            yield nxt
+    finally:
+        model.train(was_training)
+
+
+def load_model(out_dir: str, which: str = "last", device: str | torch.device = "cpu"):
+    """Model (in eval mode), tokenizer and checkpoint dict from a run folder."""
+    ckpt = load_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
+    model = GPT(ModelArgs(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, tokenizer_from_json(ckpt["tokenizer"]), ckpt
+
+
+def prompt_ids(tokenizer, prompt: str, drop_unknown: bool = False) -> list[int]:
+    """Encode a prompt; an empty (or fully dropped) prompt starts from a newline or the first token."""
+    ids = tokenizer.encode(prompt, drop_unknown=drop_unknown) if prompt else []
+    if not ids:
+        ids = tokenizer.encode("\n", drop_unknown=True) or [0]
+    return ids
+
+
+def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, params: SamplingParams,
+                  seed: int | None = None, drop_unknown: bool = False) -> str:
+    """Prompt + continuation as a string (used for samples during training)."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([prompt_ids(tokenizer, prompt, drop_unknown)], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    new = [int(t) for t in torch.cat(list(generate(model, idx, max_new_tokens, params, gen)), 1)[0]]
+    return prompt + tokenizer.decode(new)
