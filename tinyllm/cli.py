@@ -59,11 +59,13 @@ def resolve_config(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | N
     if which not in CKPT_NAMES:
         raise UserError(f"--ckpt must be one of {', '.join(CKPT_NAMES)}, got '{which}'")
     ckpt = load_checkpoint(Path(out_dir) / CKPT_NAMES[which])
-    base = {k: v for k, v in ckpt["config"].items() if k in C.FIELDS}
+    base = {k: v for k, v in ckpt["config"].items() if k in C.FIELDS and k not in C.INVOCATION_KEYS}
     for key in C.SHAPE_KEYS:
-        if key in overrides and overrides[key] != base.get(key):
+        # A key missing from an older checkpoint's config had its default value (the baseline model).
+        saved = base.get(key, C.FIELDS[key].default)
+        if key in overrides and overrides[key] != saved:
             raise UserError(f"--{key} {overrides[key]} conflicts with the checkpoint in {out_dir}, which has "
-                            f"{key}={base.get(key)}; drop the flag, or train a new run in another --out_dir")
+                            f"{key}={saved}; drop the flag, or train a new run in another --out_dir")
     return C.validate(C.from_dict({**base, **overrides})), ckpt
 
 
@@ -72,13 +74,14 @@ def run_generate(cfg: C.Config, ckpt: dict[str, Any]) -> int:
     from tinyllm.train import resolve_device
 
     device = resolve_device(cfg.device)
-    model, tokenizer, ckpt = load_model(cfg.out_dir, cfg.ckpt, device)
+    model, tokenizer, ckpt = load_model(cfg.out_dir, cfg.ckpt, device, use_ema=cfg.ema)
     ids = prompt_ids(tokenizer, cfg.prompt, cfg.drop_unknown_chars)
     if cfg.drop_unknown_chars and cfg.prompt and tokenizer.unknown(cfg.prompt):
         print(f"warning: dropped prompt characters not in the vocabulary: {tokenizer.unknown(cfg.prompt)}",
               file=sys.stderr)
     print(f"loaded {cfg.out_dir}/{CKPT_NAMES[cfg.ckpt]} (step {ckpt['step']}, "
-          f"{model.num_params():,} parameters) on {device}", file=sys.stderr)
+          f"{model.num_params():,} parameters{', EMA weights' if cfg.ema and 'ema' in ckpt else ''}) on {device}",
+          file=sys.stderr)
     params = SamplingParams.from_config(cfg)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t0, n_tokens = time.perf_counter(), 0

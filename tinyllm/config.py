@@ -32,15 +32,18 @@ def opt(
     min_exclusive: bool = False,
     max: float | None = None,
     shape: bool = False,
+    invocation: bool = False,
 ) -> Any:
     """A config field with its documentation attached.
 
     `shape=True` marks settings that define the model's tensors or vocabulary: on resume they must match
     the checkpoint, because silently ignoring or changing them would load the wrong weights.
+    `invocation=True` marks settings of one launch rather than of the run (device, DDP, ...): a resumed run
+    does not inherit them from its checkpoint.
     """
     assert group in GROUPS, group
     meta = {"help": help, "group": group, "choices": choices, "min": min, "min_exclusive": min_exclusive,
-            "max": max, "shape": shape}
+            "max": max, "shape": shape, "invocation": invocation}
     return field(default=default, metadata=meta)
 
 
@@ -51,6 +54,17 @@ class Config:
     val_fraction: float = opt(0.1, "Fraction of the text, taken from its end, held out for validation.",
                               "data", min=0.0, max=0.5)
     out_dir: str = opt("out/tiny_char_gpt", "Folder for checkpoints, metrics, logs and the tokenizer.", "data")
+    tokenizer: str = opt("char", "char (one token per character) or bpe (byte-level BPE trained on the training "
+                         "text; needs the `bpe` extra).", "data", choices=("char", "bpe"), shape=True)
+    bpe_vocab_size: int = opt(4096, "Vocabulary size of the BPE tokenizer (with --tokenizer bpe): at least 257 "
+                              "(256 bytes + <|endoftext|>).", "data", min=257, shape=True)
+    tokenizer_path: str = opt("", "Reuse this tokenizer.json (from an earlier run) instead of building a "
+                              "tokenizer from --data_path; empty = build one.", "data", shape=True)
+    memmap_dataset: bool = opt(False, "Tokenise once into out_dir/tokens.bin (streaming, reused while its sidecar "
+                               "matches) and read batches from it with np.memmap, instead of holding the tokens "
+                               "in memory.", "data")
+    dataloader_workers: int = opt(0, "Build training batches in N DataLoader worker processes; 0 = in the "
+                                  "training process.", "data", min=0)
 
     # model
     n_layer: int = opt(4, "Number of transformer blocks.", "model", min=1, shape=True)
@@ -59,6 +73,30 @@ class Config:
     block_size: int = opt(128, "Context length in tokens.", "model", min=1, shape=True)
     dropout: float = opt(0.0, "Dropout probability in attention and MLP outputs.", "model", min=0.0, max=0.9)
     bias: bool = opt(True, "Use biases in linear layers and LayerNorms.", "model", shape=True)
+    weight_tying: bool = opt(False, "The output head shares the token-embedding matrix.", "model", shape=True)
+    mlp: str = opt("gelu", "MLP type: gelu (4x), swiglu or relu2 (squared ReLU).", "model",
+                   choices=("gelu", "swiglu", "relu2"), shape=True)
+    mlp_hidden: int = opt(0, "MLP hidden size; 0 = auto: 4 x n_embd, or for swiglu 8/3 x n_embd rounded up to "
+                          "a multiple of 64.", "model", min=0, shape=True)
+    pos_encoding: str = opt("learned", "Positions: learned absolute embeddings, rope (rotary, on q and k) or "
+                            "none.", "model", choices=("learned", "rope", "none"), shape=True)
+    rope_theta: float = opt(10000.0, "RoPE base: the slowest pair of dimensions turns by position / theta.",
+                            "model", min=0.0, min_exclusive=True, shape=True)
+    norm: str = opt("layernorm", "Normalisation layer: layernorm or rmsnorm.", "model",
+                    choices=("layernorm", "rmsnorm"), shape=True)
+    qk_norm: bool = opt(False, "RMS-normalise q and k per head before attention.", "model", shape=True)
+    parallel_block: bool = opt(False, "x + attn(norm(x)) + mlp(norm(x)) with one shared norm (GPT-J/PaLM).",
+                               "model", shape=True)
+    sliding_window: int = opt(0, "Each position attends to at most the last N positions (itself included); "
+                              "0 = off (full causal attention).", "model", min=0, shape=True)
+    n_kv_head: int = opt(0, "Key/value heads (grouped-query attention); must divide n_head; 0 = n_head.",
+                         "model", min=0, shape=True)
+    logit_softcap: float = opt(0.0, "Soft-cap the output logits to (-c, c) with c * tanh(logits / c); 0 = off.",
+                               "model", min=0.0, shape=True)
+    layerdrop: float = opt(0.0, "Training only: skip each block with this probability per step (kept blocks' "
+                           "residual branches scaled by 1 / (1 - p)).", "model", min=0.0, max=0.9)
+    grad_checkpointing: bool = opt(False, "Recompute each block's activations in backward instead of storing "
+                                   "them: less memory, same gradients, more compute.", "model")
 
     # training
     batch_size: int = opt(32, "Sequences per optimizer step.", "training", min=1)
@@ -69,6 +107,25 @@ class Config:
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
                            "training", min=0.0)
     seed: int = opt(1337, "Random seed for weights, batches and sampling.", "training")
+    grad_accum_steps: int = opt(1, "Micro-batches per optimizer step; effective batch = batch_size x this x "
+                                "world size.", "training", min=1)
+    amp: bool = opt(False, "Mixed precision: bf16 (CUDA with bf16, CPUs with native bf16), fp16 + loss scaling "
+                    "(other CUDA GPUs); fp32 with a warning where it would be slower.", "training")
+    compile: bool = opt(False, "torch.compile the model (falls back to eager with a warning if it fails).",
+                        "training")
+    compile_backend: str = opt("inductor", "torch.compile backend: inductor, aot_eager, eager or any registered "
+                               "backend name.", "training")
+    label_smoothing: float = opt(0.0, "Label smoothing of the training cross-entropy.", "training", min=0.0,
+                                 max=0.99)
+    z_loss: float = opt(0.0, "Coefficient of the z-loss, coef x mean(logsumexp(logits)^2), which keeps the "
+                        "softmax normaliser near 1; 0 = off.", "training", min=0.0)
+    ema: bool = opt(False, "Keep an exponential moving average of the weights, used for eval, samples and "
+                    "--generate_only.", "training")
+    ema_decay: float = opt(0.999, "EMA decay per step.", "training", min=0.0, max=1.0)
+    curriculum: bool = opt(False, "Grow the training block size from --curriculum_start_block_size to "
+                           "--block_size over --curriculum_steps, in doubling steps.", "training")
+    curriculum_start_block_size: int = opt(32, "First training block size of the curriculum.", "training", min=1)
+    curriculum_steps: int = opt(500, "Steps until the curriculum reaches --block_size.", "training", min=1)
 
     # optimizer
     lr: float = opt(3e-3, "Peak learning rate.", "optimizer", min=0.0, min_exclusive=True)
@@ -76,10 +133,19 @@ class Config:
                               "optimizer", min=0.0)
     beta1: float = opt(0.9, "Adam beta1.", "optimizer", min=0.0, max=1.0)
     beta2: float = opt(0.99, "Adam beta2.", "optimizer", min=0.0, max=1.0)
+    optimizer: str = opt("adamw", "adamw, adamw8bit (bitsandbytes), lion or muon (Muon for the blocks' "
+                         "matrices, AdamW for the rest).", "optimizer", choices=("adamw", "adamw8bit", "lion", "muon"))
+    muon_lr: float = opt(0.02, "Learning rate of the Muon-updated matrices (with --optimizer muon).", "optimizer",
+                         min=0.0, min_exclusive=True)
+    muon_momentum: float = opt(0.95, "Muon momentum (Nesterov).", "optimizer", min=0.0, max=1.0)
 
     # schedule
+    lr_schedule: str = opt("cosine", "cosine, wsd (warmup-stable-decay), constant or linear, each after the "
+                           "warmup.", "schedule", choices=("cosine", "wsd", "constant", "linear"))
+    lr_stable_steps: int = opt(0, "wsd: steps at full lr after the warmup; 0 = until 80% of the decay end.",
+                               "schedule", min=0)
     lr_warmup_steps: int = opt(100, "Steps of linear warmup from 0 to lr.", "schedule", min=0)
-    lr_decay_steps: int = opt(0, "Step at which cosine decay reaches lr_min; 0 = max_steps.", "schedule",
+    lr_decay_steps: int = opt(0, "Steps after which the decay has reached lr_min; 0 = max_steps.", "schedule",
                               min=0)
     lr_min: float = opt(3e-4, "Learning rate at the end of the decay.", "schedule", min=0.0)
 
@@ -107,10 +173,21 @@ class Config:
                     "generation", choices=("last", "best"))
     drop_unknown_chars: bool = opt(False, "Drop prompt characters the vocabulary lacks (with a warning) "
                                    "instead of stopping with an error.", "generation")
+    kv_cache: bool = opt(True, "Cache keys and values during generation: one position per step instead of "
+                         "the whole context; the same tokens.", "generation")
 
     # system
-    device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "system")
-    progress: bool = opt(True, "Show a progress bar.", "system")
+    device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "system", invocation=True)
+    progress: bool = opt(True, "Show a progress bar.", "system", invocation=True)
+    overwrite: bool = opt(False, "Start a fresh run in an --out_dir that already holds one, deleting its "
+                          "checkpoints, metrics and log (without it, such a run is refused).", "system",
+                          invocation=True)
+    skip_nonfinite: bool = opt(False, "Skip optimizer steps whose loss or gradient is NaN/inf (counted in the log "
+                               "and metrics) instead of stopping the run.", "system")
+    ddp: bool = opt(False, "Distributed data parallel across the processes started by torchrun.", "system",
+                    invocation=True)
+    ddp_backend: str = opt("auto", "Process-group backend: auto (NCCL on Linux with CUDA, else Gloo), nccl or "
+                           "gloo.", "system", choices=("auto", "nccl", "gloo"), invocation=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,6 +195,7 @@ class Config:
 
 FIELDS = {f.name: f for f in fields(Config)}
 SHAPE_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["shape"])
+INVOCATION_KEYS = tuple(name for name, f in FIELDS.items() if f.metadata["invocation"])
 
 
 def _type_of(f: dataclasses.Field) -> type:
@@ -155,8 +233,16 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"--{name} must be at most {hi}, got {value}")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
+    if cfg.n_kv_head and cfg.n_head % cfg.n_kv_head:
+        raise UserError(f"--n_head ({cfg.n_head}) must be divisible by --n_kv_head ({cfg.n_kv_head})")
+    if cfg.pos_encoding == "rope" and (cfg.n_embd // cfg.n_head) % 2:
+        raise UserError(f"--pos_encoding rope needs an even head size, but n_embd / n_head = "
+                        f"{cfg.n_embd // cfg.n_head}; change --n_embd or --n_head")
     if cfg.lr_min > cfg.lr:
         raise UserError(f"--lr_min ({cfg.lr_min}) must not exceed --lr ({cfg.lr})")
+    if cfg.curriculum and cfg.curriculum_start_block_size > cfg.block_size:
+        raise UserError(f"--curriculum_start_block_size ({cfg.curriculum_start_block_size}) must not exceed "
+                        f"--block_size ({cfg.block_size})")
     if not cfg.data_path:
         raise UserError("--data_path must name a text file")
     if not cfg.out_dir:
@@ -192,6 +278,18 @@ def save_json(cfg: Config, path: str | Path) -> None:
     atomic_write_text(Path(path), json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
+class _BooleanAction(argparse.BooleanOptionalAction):
+    """`--name` / `--no-name`, plus `--no_name` to match the snake_case of every other flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.option_strings += [f"--no_{s[2:]}" for s in option_strings if s.startswith("--")]
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        if option_string in self.option_strings:
+            setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per field, grouped as in the dataclass. Defaults are SUPPRESSed so that the parsed
     namespace holds only what the user typed: that is what lets flags override JSON and checkpoints."""
@@ -200,7 +298,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         meta, kind = f.metadata, _type_of(f)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{meta['help']} (default: {f.default!r})"}
         if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = _BooleanAction
         else:
             kwargs["type"] = kind
             kwargs["metavar"] = kind.__name__.upper()

@@ -8,6 +8,11 @@ and one more token must be appended, the context keeps only its last block_size 
 from there. (A prompt longer than block_size starts from its last block_size tokens.) Dropping half the
 window at once, instead of one token per step, is what lets a KV cache follow exactly the same rule: it
 re-fills itself from the kept half, so cached and uncached generation pick the same tokens.
+
+With the KV cache (`SamplingParams.kv_cache`) the prompt is run once to fill the cache, then each step runs
+the model on the one new token only. At the window edge the cache is emptied and re-filled, in one pass,
+from the kept half plus the new token, whose positions restart at 0 exactly as in the uncached context.
+Both paths therefore compute the same logits (up to float rounding) and, greedily, pick the same tokens.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    # How the logits are computed, not how tokens are picked: with the cache each step runs the model on
+    # one new token; the tokens are the same (tests/test_kv_cache.py).
+    kv_cache: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> SamplingParams:
-        return cls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+        return cls(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.kv_cache)
 
 
 def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingParams) -> torch.Tensor:
@@ -67,34 +75,74 @@ def sample_next(logits: torch.Tensor, seen: torch.Tensor | None, p: SamplingPara
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def slide(ctx: torch.Tensor, nxt: torch.Tensor, block_size: int) -> tuple[torch.Tensor, bool]:
+    """The window rule: append nxt, first dropping the context to its last block_size // 2 tokens if it is
+    full. Returns the new context and whether it was cut (the cache must then be re-filled)."""
+    cut = ctx.size(1) == block_size
+    if cut:
+        ctx = ctx[:, block_size - block_size // 2:]
+    return torch.cat([ctx, nxt], dim=1), cut
+
+
+class _Recompute:
+    """Logits by running the model over the whole context at every step."""
+
+    def __init__(self, model: GPT, ctx: torch.Tensor):
+        self.model, self.ctx = model, ctx
+
+    def logits(self) -> torch.Tensor:
+        return self.model(self.ctx)[0][:, -1, :]
+
+    def append(self, nxt: torch.Tensor) -> None:
+        self.ctx, _ = slide(self.ctx, nxt, self.model.args.block_size)
+
+
+class _Cached:
+    """Logits from the KV cache: only tokens not yet in the cache (`pending`) go through the model."""
+
+    def __init__(self, model: GPT, ctx: torch.Tensor):
+        self.model, self.ctx, self.pending = model, ctx, ctx
+        self.cache = model.new_cache()
+
+    def logits(self) -> torch.Tensor:
+        return self.model(self.pending, cache=self.cache)[0][:, -1, :]
+
+    def append(self, nxt: torch.Tensor) -> None:
+        self.ctx, cut = slide(self.ctx, nxt, self.model.args.block_size)
+        if cut:  # the kept half starts again at position 0, as it does for _Recompute
+            self.cache.reset()
+            self.pending = self.ctx
+        else:
+            self.pending = nxt
+
+
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, params: SamplingParams,
-             generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Yield (B, 1) new token ids one step at a time, so callers can stream text as it comes."""
-    block = model.args.block_size
+             generator: torch.Generator | None = None, kv_cache: bool | None = None) -> Iterator[torch.Tensor]:
+    """Yield (B, 1) new token ids one step at a time, so callers can stream text as it comes.
+    `kv_cache`, when given, overrides `params.kv_cache`."""
     seen = torch.zeros(idx.size(0), model.args.vocab_size, dtype=torch.bool, device=idx.device)
     seen.scatter_(1, idx, True)
-    ctx = idx[:, -block:]
+    cached = params.kv_cache if kv_cache is None else kv_cache
+    source = (_Cached if cached else _Recompute)(model, idx[:, -model.args.block_size:])
     was_training = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            logits, _ = model(ctx)
-            nxt = sample_next(logits[:, -1, :], seen, params, generator)
+            nxt = sample_next(source.logits(), seen, params, generator)
             seen.scatter_(1, nxt, True)
-            if ctx.size(1) == block:
-                ctx = ctx[:, block - block // 2:]
-            ctx = torch.cat([ctx, nxt], dim=1)
+            source.append(nxt)
             yield nxt
     finally:
         model.train(was_training)
 
 
-def load_model(out_dir: str, which: str = "last", device: str | torch.device = "cpu"):
-    """Model (in eval mode), tokenizer and checkpoint dict from a run folder."""
+def load_model(out_dir: str, which: str = "last", device: str | torch.device = "cpu", use_ema: bool = True):
+    """Model (in eval mode), tokenizer and checkpoint dict from a run folder. The EMA weights are used
+    when the checkpoint has them, unless `use_ema` is False."""
     ckpt = load_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
     model = GPT(ModelArgs(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
     model.to(device).eval()
     return model, tokenizer_from_json(ckpt["tokenizer"]), ckpt
 

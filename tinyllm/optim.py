@@ -1,7 +1,8 @@
 """Optimizer factory and learning-rate schedules.
 
 The learning rate is a pure function of the step (as nanoGPT's get_lr), so there is no scheduler state
-to save and resume is exact by construction.
+to save and resume is exact by construction. Each param group keeps its own base lr (Muon's matrices use
+--muon_lr, everything else --lr); the schedule scales all of them by the same factor.
 """
 
 from __future__ import annotations
@@ -11,30 +12,77 @@ from typing import Any
 
 import torch
 
+from tinyllm.errors import UserError
 from tinyllm.model import param_groups
 
 
-def get_lr(step: int, cfg: Any) -> float:
-    """LR for the 0-based optimizer step `step`: linear warmup reaching cfg.lr at step warmup-1, then
-    cosine decay to cfg.lr_min at cfg.lr_decay_steps (default max_steps), then constant lr_min."""
+def lr_factor(step: int, cfg: Any) -> float:
+    """Multiplier of the base lr at the 0-based optimizer step `step`.
+
+    Warmup: step s < W uses (s+1)/W, so the last warmup step is at the full lr. Then, by --lr_schedule:
+    constant stays at 1; cosine and linear decay from 1 at step W to lr_min/lr at the last step before
+    --lr_decay_steps (default max_steps); wsd stays at 1 until --lr_stable_steps after the warmup (default:
+    80% of the decay end), then decays linearly to lr_min/lr at the same last step. After it: lr_min/lr.
+    """
     warmup = cfg.lr_warmup_steps
-    decay_end = cfg.lr_decay_steps or cfg.max_steps
+    floor = cfg.lr_min / cfg.lr
     if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if step >= decay_end:
-        return cfg.lr_min
-    progress = (step - warmup) / max(1, decay_end - warmup)
-    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
+        return (step + 1) / warmup
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    last = (cfg.lr_decay_steps or cfg.max_steps) - 1
+    start = warmup
+    if cfg.lr_schedule == "wsd":
+        start = warmup + cfg.lr_stable_steps if cfg.lr_stable_steps else max(warmup, int(0.8 * (last + 1)))
+        if step < start:
+            return 1.0
+    if step >= last:
+        return floor
+    progress = (step - start) / max(1, last - start)
+    if cfg.lr_schedule == "cosine":
+        return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))
+    return floor + (1.0 - floor) * (1.0 - progress)  # linear, and wsd's decay
+
+
+def get_lr(step: int, cfg: Any) -> float:
+    """The learning rate of the main (--lr) parameter groups at `step`."""
+    return cfg.lr * lr_factor(step, cfg)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    # The fused kernel is one launch for all parameters on CUDA and vectorised on CPU; both are
-    # deterministic, which the bit-identical resume promise relies on.
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    betas = (cfg.beta1, cfg.beta2)
+    if cfg.optimizer == "muon":
+        from tinyllm.optimizers import Muon, muon_param_groups
+
+        opt: torch.optim.Optimizer = Muon(muon_param_groups(model, cfg), momentum=cfg.muon_momentum, betas=betas)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
+        if cfg.optimizer == "lion":
+            from tinyllm.optimizers import Lion
+
+            opt = Lion(groups, lr=cfg.lr, betas=betas)
+        elif cfg.optimizer == "adamw8bit":
+            opt = _adamw8bit(groups, cfg, betas)
+        else:
+            # The fused kernel is one launch for all parameters on CUDA and vectorised on CPU; both are
+            # deterministic, which the bit-identical resume promise relies on.
+            opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=device.type in ("cuda", "cpu"))
+    for group in opt.param_groups:
+        group["base_lr"] = group["lr"]
+    return opt
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def _adamw8bit(groups: list[dict], cfg: Any, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError('--optimizer adamw8bit needs bitsandbytes: pip install -e ".[bnb]"') from None
+    try:
+        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=betas)
+    except (RuntimeError, NotImplementedError) as e:
+        raise UserError(f"--optimizer adamw8bit: bitsandbytes cannot run here ({e}); use --optimizer adamw") from None
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["base_lr"] * factor

@@ -1,16 +1,22 @@
 """The training loop: data, model and optimizer in; checkpoints, metrics and logs out.
 
-The hot loop does no host sync per step: the loss is accumulated on the device and read back (`.item()`)
-only at log intervals. Everything that draws random numbers outside the forward pass (the batch sampler,
-evaluation, text samples) has a generator of its own, so the global RNG is used by dropout alone and a
-resumed run continues bit for bit.
+The hot loop reads nothing back from the device per step except one scalar: whether the loss (and the
+gradient norm) is finite, so that a NaN never reaches the weights or a checkpoint. Losses for the log are
+accumulated on the device and read at log intervals. Everything that draws random numbers outside the
+forward pass (the batch sampler, evaluation, text samples) has a generator of its own, so the global RNG
+is used by dropout alone and a resumed run continues bit for bit.
+
+Under DDP (tinyllm.distributed) only rank 0 writes files; decisions that must agree across ranks (stop now,
+skip a non-finite step) are all-reduced once per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,23 +25,27 @@ from typing import Any
 import torch
 
 from tinyllm import checkpoint as ckpt_io
+from tinyllm import distributed
 from tinyllm.config import Config, save_json
-from tinyllm.data import BatchSampler, check_split_lengths, encode_to_tensor, read_text, split_ids
+from tinyllm.data import BatchSampler, curriculum_block_size, make_train_sampler, prepare, to_device
+from tinyllm.ema import EMA
 from tinyllm.errors import UserError
 from tinyllm.generate import SamplingParams, generate_text
+from tinyllm.losses import training_loss
 from tinyllm.metrics import MetricsWriter
 from tinyllm.model import GPT, ModelArgs
-from tinyllm.optim import get_lr, make_optimizer, set_lr
-from tinyllm.tokenizer import CharTokenizer, tokenizer_from_json
+from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
+from tinyllm.precision import Precision, choose_precision, cpu_description
+from tinyllm.rundir import RunLock, prepare_run_dir
 
 STOP_FILE = "STOP"  # the GUI creates out_dir/STOP to ask a run to save and stop
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -48,6 +58,8 @@ def resolve_device(name: str) -> torch.device:
             raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        if local_rank and dev.index is None:
+            dev = torch.device("cuda", local_rank)
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
     elif dev.type not in ("cpu", "cuda", "mps"):
@@ -56,22 +68,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 class RunLog:
-    """Messages go to stderr (above the progress bar) and to out_dir/train.log."""
+    """Messages go to stderr (above the progress bar) and, on rank 0, to out_dir/train.log. Other DDP
+    ranks stay quiet except for warnings and errors, so each line appears once."""
 
-    def __init__(self, path: Path):
-        self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self._f = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - open for the whole run
         self.bar = None
+        self.quiet = quiet
 
     def __call__(self, msg: str) -> None:
+        if self.quiet and not msg.startswith(("warning", "error")):
+            return
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
         else:
             print(msg, file=sys.stderr, flush=True)
-        self._f.write(msg + "\n")
-        self._f.flush()
+        if self._f:
+            self._f.write(msg + "\n")
+            self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f:
+            self._f.close()
 
 
 class StopFlag:
@@ -105,185 +123,413 @@ class Progress:
     tokens_seen: int = 0
     best_val_loss: float = math.inf
     time_s: float = 0.0
+    skipped_steps: int = 0
 
 
 def prepare_data(cfg: Config, saved_tokenizer: str | None):
-    """Read and tokenize the data file; on resume the checkpoint's tokenizer is reused as it is."""
-    text = read_text(cfg.data_path)
-    tokenizer = tokenizer_from_json(saved_tokenizer) if saved_tokenizer else CharTokenizer.from_text(text)
-    try:
-        ids = tokenizer.encode(text)
-    except UserError as e:
-        raise UserError(f"--data_path {cfg.data_path}: {e} (the checkpoint's vocabulary was built from "
-                        "another file; resume with the original data)") from None
-    ids = encode_to_tensor(ids, tokenizer.vocab_size)
-    train_ids, val_ids = split_ids(ids, cfg.val_fraction)
-    check_split_lengths(train_ids, val_ids, cfg.block_size, need_val=cfg.eval_interval > 0,
-                        source=cfg.data_path)
-    val_bytes = len(tokenizer.decode(val_ids.tolist()).encode("utf-8")) if len(val_ids) else 0
-    bytes_per_token = val_bytes / len(val_ids) if len(val_ids) else 0.0
-    return tokenizer, train_ids, val_ids, bytes_per_token
+    """(tokenizer, train tokens, val tokens, UTF-8 bytes per val token): in memory, or the memmapped
+    out_dir/tokens.bin with --memmap_dataset (tinyllm.data). On resume the checkpoint's tokenizer is reused."""
+    return prepare(cfg, saved_tokenizer)
+
+
+def forward_backward(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: Config,
+                     precision: Precision) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Accumulate the gradient of the mean objective over micro-batches; returns the mean (ce, z-loss),
+    detached. Each micro-batch's loss is divided by their number, so the summed gradient equals the
+    gradient of one big batch. Under DDP the gradients are all-reduced on the last micro-batch only."""
+    n = len(batches)
+    ce_sum = z_sum = None
+    for i, (x, y) in enumerate(batches):
+        sync = i == n - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with precision.autocast():
+                logits, _ = model(x)
+            ce, z = training_loss(logits, y, cfg.label_smoothing, cfg.z_loss)
+            objective = (ce if z is None else ce + z) / n
+            (precision.scaler.scale(objective) if precision.scaler else objective).backward()
+        ce_sum = ce.detach() if ce_sum is None else ce_sum + ce.detach()
+        if z is not None:
+            z_sum = z.detach() if z_sum is None else z_sum + z.detach()
+    return ce_sum / n, (None if z_sum is None else z_sum / n)
+
+
+def compile_model(model: torch.nn.Module, backend: str) -> torch.nn.Module:
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise UserError(f"--compile_backend '{backend}' is not a registered backend; use one of {', '.join(known)}")
+    return torch.compile(model, backend=backend)
 
 
 @torch.no_grad()
-def evaluate(model: GPT, splits: dict[str, torch.Tensor], cfg: Config, device: torch.device) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, splits: dict[str, torch.Tensor], cfg: Config, device: torch.device,
+             precision: Precision, seed_offset: int = 0) -> dict[str, float]:
     """Mean loss over the same eval_iters batches every time (fixed seeds), so evals compare."""
+    was_training = model.training
     model.eval()
     out = {}
     for i, (name, data) in enumerate(splits.items()):
-        sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=cfg.seed + 10_000 + i)
+        sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=cfg.seed + 10_000 + 100 * seed_offset + i)
         total = torch.zeros((), device=device)
         for _ in range(cfg.eval_iters):
             x, y = sampler.next()
-            total += model(x.to(device), y.to(device))[1]
+            with precision.autocast():
+                total += model(x.to(device), y.to(device))[1].float()
         out[name] = (total / cfg.eval_iters).item()
-    model.train()
+    model.train(was_training)
     return out
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load the saved moments but keep this run's hyperparameters (lr, weight decay, betas may change on
+    resume; load_state_dict alone would bring back the old ones)."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, hyper in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(hyper)
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out_dir {out}: cannot write there ({e.strerror}); choose a writable folder") from None
+
+
+class Trainer:
+    """Builds everything a run needs from the config (and a checkpoint to resume), then `run()`s it."""
+
+    def __init__(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist):
+        self.cfg, self.dist = cfg, dist
+        self.device = resolve_device(cfg.device, dist.local_rank)
+        self.out = Path(cfg.out_dir)
+        # Rank 0 prepares the data first (and writes any cache files); the others read after it.
+        if not dist.is_main:
+            dist.barrier()
+        self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare_data(
+            cfg, resume["tokenizer"] if resume else None)
+        if dist.is_main:
+            dist.barrier()
+            check_writable(self.out)
+        self.eval_splits = {"train": train_ids, "val": val_ids}
+
+        self.lock = RunLock(self.out) if dist.is_main else None
+        if self.lock:
+            self.lock.acquire()
+        try:
+            self._build(cfg, resume, dist)
+        except BaseException:
+            if self.lock:
+                self.lock.release()
+            raise
+
+    def _build(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist) -> None:
+        train_ids = self.eval_splits["train"]
+        self.log = RunLog(None, quiet=not dist.is_main)
+        self.precision = choose_precision(self.device, cfg.amp, warn=self.log)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.args = ModelArgs.from_config(cfg, self.tokenizer.vocab_size)
+        self.model = GPT(self.args).to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.fwd_model = self._wrap(compile_model(self.model, cfg.compile_backend) if cfg.compile else self.model)
+        # Different data on every rank: the sampler's seed is offset by the rank.
+        self.sampler = make_train_sampler(train_ids, cfg, cfg.seed + dist.rank, self.device)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.progress = Progress()
+        if resume:
+            self._restore(resume)
+        self.eval_model = self.ema.model if self.ema is not None else self.model
+
+        # Everything is validated and built: only now may the run folder change.
+        if dist.is_main:
+            prepare_run_dir(self.out, resume_step=self.progress.step if resume else None, overwrite=cfg.overwrite)
+            save_json(cfg, self.out / "config.json")
+            ckpt_io.atomic_write_text(self.out / "tokenizer.json", self.tokenizer.to_json())
+            (self.out / STOP_FILE).unlink(missing_ok=True)
+            self.log = RunLog(self.out / "train.log")
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", append=True) if dist.is_main else None
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # Blocks skipped by layerdrop get no gradient in that step (the same blocks on every rank).
+        return DDP(model, device_ids=ids, find_unused_parameters=self.cfg.layerdrop > 0)
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        restore_optimizer(self.optimizer, ckpt["optimizer"])
+        ranks = ckpt["data_state"].get("ranks", [ckpt["data_state"]])
+        # A run resumed on a different number of processes keeps the samplers it has states for; new ranks
+        # start from their seed.
+        if self.dist.rank < len(ranks):
+            self.sampler.load_state_dict(ranks[self.dist.rank])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"] if "ema" in ckpt else self.model.state_dict())
+        if self.precision.scaler is not None and "scaler" in ckpt:
+            self.precision.scaler.load_state_dict(ckpt["scaler"])
+        ckpt_io.restore_rng(ckpt["rng"])
+        self.progress = Progress(ckpt["step"], ckpt["tokens_seen"], ckpt["best_val_loss"], ckpt["time_s"],
+                                 ckpt.get("skipped_steps", 0))
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        p = self.progress
+        s = {
+            "format_version": ckpt_io.FORMAT_VERSION, "config": self.cfg.to_dict(), "model_args": self.args.to_dict(),
+            "model": ckpt_io.strip_prefixes(self.model.state_dict()), "tokenizer": self.tokenizer.to_json(),
+            "optimizer": self.optimizer.state_dict(), "step": p.step, "tokens_seen": p.tokens_seen,
+            "best_val_loss": p.best_val_loss, "time_s": p.time_s, "skipped_steps": p.skipped_steps,
+            "rng": ckpt_io.capture_rng(), "data_state": {"ranks": self.dist.gather_objects(self.sampler.state_dict())},
+        }
+        if self.ema is not None:
+            s["ema"] = ckpt_io.strip_prefixes(self.ema.state_dict())
+        if self.precision.scaler is not None:
+            s["scaler"] = self.precision.scaler.state_dict()
+        return s
+
+    def save(self, which: str) -> bool:
+        """Write a checkpoint (rank 0; all ranks must call it, for the sampler states). A failed write is
+        reported and leaves the previous file as it was."""
+        state = self.state()
+        if not self.dist.is_main:
+            return True
+        path = self.out / ckpt_io.CKPT_NAMES[which]
+        try:
+            ckpt_io.save_checkpoint(state, path)
+            return True
+        except OSError as e:
+            self.log(f"error: could not save {path} ({e.strerror or e}); the previous {path.name} is intact")
+            return False
+
+    # -- one step ------------------------------------------------------------------------------------------
+
+    def block_size_now(self) -> int:
+        cfg = self.cfg
+        if not cfg.curriculum:
+            return cfg.block_size
+        return curriculum_block_size(self.progress.step, cfg.curriculum_start_block_size, cfg.block_size,
+                                     cfg.curriculum_steps)
+
+    def train_step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
+        """Forward, backward and (if everything is finite) the optimizer step. Returns (ce, z, grad norm,
+        finite)."""
+        cfg = self.cfg
+        set_lr(self.optimizer, lr_factor(self.progress.step, cfg))
+        self.model.set_layerdrop_step(cfg.seed, self.progress.step)  # blocks skipped: a function of (seed, step)
+        batches = []
+        for _ in range(cfg.grad_accum_steps):
+            batches.append(to_device(self.sampler.next(t), self.device))
+        try:
+            ce, z = forward_backward(self.fwd_model, batches, cfg, self.precision)
+        except Exception as e:  # a compiler failure must not kill the run: fall back to eager
+            if self.fwd_model is self.model or not cfg.compile:
+                raise
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            self.log(f"warning: --compile ({cfg.compile_backend}) failed: {type(e).__name__}: {first}; "
+                     "continuing in eager mode")
+            self.fwd_model = self._wrap(self.model)
+            self.optimizer.zero_grad(set_to_none=True)
+            ce, z = forward_backward(self.fwd_model, batches, cfg, self.precision)
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # The one per-step read-back: a NaN/inf must never reach the weights. (Under fp16 loss scaling,
+        # inf gradients are the scaler's business: it skips those steps itself.)
+        bad = ce if grad_norm is None or scaler is not None else ce + grad_norm
+        (nonfinite,) = self.dist.any_true(not bool(torch.isfinite(bad)))
+        if not nonfinite:
+            if scaler is not None:
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return ce, z, grad_norm, not nonfinite
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        cfg, d = self.cfg, self.dist
+        effective = cfg.batch_size * cfg.grad_accum_steps * d.world_size
+        self.log(f"tinyllm: {self.model.num_params():,} parameters | vocab {self.tokenizer.vocab_size} | "
+                 f"device {self.device}" + (f" | {cpu_description()}" if self.device.type == "cpu" else "")
+                 + (f" | DDP {d.world_size} processes ({d.backend})" if d.enabled else ""))
+        self.log(f"precision: {self.precision.describe()} | optimizer: {cfg.optimizer} | schedule: {cfg.lr_schedule}"
+                 + (f" | compile: {cfg.compile_backend}" if cfg.compile else ""))
+        train_ids, val_ids = self.eval_splits["train"], self.eval_splits["val"]
+        self.log(f"data: {cfg.data_path} -> {len(train_ids):,} train / {len(val_ids):,} val tokens | effective "
+                 f"batch {cfg.batch_size} x {cfg.grad_accum_steps} accum x {d.world_size} process"
+                 f"{'es' if d.world_size > 1 else ''} = {effective} sequences of {cfg.block_size} tokens")
+        if self.progress.step:
+            self.log(f"resuming from step {self.progress.step} of {cfg.max_steps}")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.write({"step": self.progress.step, "time_s": round(self.progress.time_s, 3)} | row)
+
+    def run(self) -> int:
+        cfg, p, main = self.cfg, self.progress, self.dist.is_main
+        self.announce()
+        sums = {"loss": torch.zeros((), device=self.device), "z_loss": torch.zeros((), device=self.device)}
+        count, skipped_since_log, grad_norm = 0, 0, None
+        t_session = time.perf_counter()
+        time_before = p.time_s
+        t_last_log, tokens_last_log = t_session, p.tokens_seen
+        end_reason, exit_code, error = "max_steps", 0, None
+        bar = None
+        if cfg.progress and main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=p.step, file=sys.stderr, unit="step", dynamic_ncols=True,
+                       smoothing=0.1)
+            self.log.bar = bar
+
+        def due(interval: int) -> bool:
+            return interval > 0 and p.step % interval == 0
+
+        self.model.train()
+        try:
+            with StopFlag() as stop:
+                while p.step < cfg.max_steps:
+                    t = self.block_size_now()
+                    ce, z, norm, finite = self.train_step(t)
+                    if not finite:
+                        if not cfg.skip_nonfinite:
+                            error = (f"non-finite loss or gradient at step {p.step + 1}; stopping without saving "
+                                     f"(the last good checkpoint is kept as it was). Lower --lr, use --grad_clip, "
+                                     f"or pass --skip_nonfinite to skip such steps")
+                            end_reason, exit_code = "error", 1
+                            break
+                        p.skipped_steps += 1
+                        skipped_since_log += 1
+                        self.log(f"warning: skipped step {p.step + 1}: non-finite loss or gradient "
+                                 f"({p.skipped_steps} skipped so far)")
+                    else:
+                        sums["loss"] += ce
+                        if z is not None:
+                            sums["z_loss"] += z
+                        count += 1
+                        grad_norm = norm if norm is not None else grad_norm
+                    p.step += 1
+                    p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
+                    p.time_s = time_before + time.perf_counter() - t_session
+                    last = p.step == cfg.max_steps
+
+                    if due(cfg.log_interval) or last:
+                        now = time.perf_counter()
+                        tok_s = (p.tokens_seen - tokens_last_log) / max(now - t_last_log, 1e-9)
+                        row: dict[str, Any] = {"lr": get_lr(p.step - 1, cfg), "tokens_per_sec": round(tok_s, 1)}
+                        if count:
+                            row["loss"] = (sums["loss"] / count).item()
+                            if cfg.z_loss:
+                                row["z_loss"] = (sums["z_loss"] / count).item()
+                        if grad_norm is not None:
+                            row["grad_norm"] = grad_norm.item()
+                        if cfg.curriculum:
+                            row["block_size"] = t
+                        if p.skipped_steps:
+                            row["skipped_steps"] = p.skipped_steps
+                            row["skipped_since_last_row"] = skipped_since_log
+                        self.write(row)
+                        if bar is not None and "loss" in row:
+                            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
+                        for v in sums.values():
+                            v.zero_()
+                        count, skipped_since_log, t_last_log, tokens_last_log = 0, 0, now, p.tokens_seen
+                    if bar is not None:
+                        bar.update(1)
+
+                    if cfg.eval_interval > 0 and (due(cfg.eval_interval) or last):
+                        self.eval_and_keep_best()
+                    if main and (due(cfg.sample_interval) or (last and cfg.sample_interval > 0)):
+                        sample = sample_text(self.eval_model, self.tokenizer, cfg, self.log, seed=cfg.seed + p.step)
+                        self.write({"sample": sample})
+                        self.log(f"--- sample at step {p.step} ---\n{sample}\n---")
+                    if due(cfg.checkpoint_interval) and not last:
+                        self.save("last")
+
+                    stop_file = main and (self.out / STOP_FILE).exists()
+                    out_of_time = cfg.max_time > 0 and time.perf_counter() - t_session >= cfg.max_time
+                    signalled, stop_file, out_of_time = self.dist.any_true(stop.signum is not None, stop_file,
+                                                                            out_of_time)
+                    if signalled or stop_file:
+                        end_reason = "interrupted"
+                        exit_code = EXIT_CODES.get(stop.signum, 143 if signalled else 0)
+                        if stop_file:
+                            (self.out / STOP_FILE).unlink(missing_ok=True)
+                        break
+                    if out_of_time:
+                        end_reason = "max_time"
+                        break
+                if end_reason != "error" and not self.save("last"):
+                    end_reason, exit_code, error = "error", 1, "the final checkpoint could not be saved"
+        except BaseException as e:
+            self.write({"event": "end", "reason": "interrupted" if isinstance(e, KeyboardInterrupt) else "error",
+                        "error": repr(e)[:500]})
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+                self.log.bar = None
+
+        end = {"event": "end", "reason": end_reason}
+        if error:
+            end["error"] = error
+            self.log(f"error: {error}")
+        if p.skipped_steps:
+            end["skipped_steps"] = p.skipped_steps
+        self.write(end)
+        if main and end_reason != "error":
+            summarize(cfg, p, end_reason, self.log)
+        return exit_code
+
+    def eval_and_keep_best(self) -> None:
+        p = self.progress
+        losses = evaluate(self.eval_model, self.eval_splits, self.cfg, self.device, self.precision,
+                          seed_offset=self.dist.rank)
+        losses = {k: self.dist.mean(v) for k, v in losses.items()}
+        row = {"val_loss": losses["val"], "train_eval_loss": losses["train"]}
+        if self.bytes_per_token:
+            row["val_bpb"] = losses["val"] / math.log(2) / self.bytes_per_token
+        self.write(row)
+        improved = losses["val"] < p.best_val_loss
+        self.log(f"step {p.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                 + (" (best so far)" if improved else ""))
+        if improved:
+            p.best_val_loss = losses["val"]
+            self.save("best")
+
+    def close(self) -> None:
+        self.log.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.lock:
+            self.lock.release()
 
 
 def train(cfg: Config, resume: dict[str, Any] | None = None) -> int:
     """Train as `cfg` says, continuing from the checkpoint dict `resume` if given. Returns the exit code."""
-    device = resolve_device(cfg.device)
-    tokenizer, train_ids, val_ids, bytes_per_token = prepare_data(cfg, resume["tokenizer"] if resume else None)
-
-    out = Path(cfg.out_dir)
+    dist = distributed.setup(cfg.ddp, cfg.ddp_backend)
+    trainer = None
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out_dir {out}: cannot create it ({e.strerror}); choose a writable folder") from None
-    save_json(cfg, out / "config.json")
-    ckpt_io.atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
-    (out / STOP_FILE).unlink(missing_ok=True)
-
-    torch.manual_seed(cfg.seed)
-    args = ModelArgs.from_config(cfg, tokenizer.vocab_size)
-    model = GPT(args).to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
-    progress = Progress()
-    if resume:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        sampler.load_state_dict(resume["data_state"])
-        ckpt_io.restore_rng(resume["rng"])
-        progress = Progress(resume["step"], resume["tokens_seen"], resume["best_val_loss"], resume["time_s"])
-
-    log = RunLog(out / "train.log")
-    metrics = MetricsWriter(out / "metrics.jsonl", append=resume is not None)
-    eval_splits = {"train": train_ids, "val": val_ids}
-    log(f"tinyllm: {model.num_params():,} parameters | vocab {tokenizer.vocab_size} | device {device} | fp32")
-    log(f"data: {cfg.data_path} -> {len(train_ids):,} train / {len(val_ids):,} val tokens | "
-        f"batch {cfg.batch_size} x {cfg.block_size} tokens")
-    if resume:
-        log(f"resuming from step {progress.step} of {cfg.max_steps}")
-
-    def state() -> dict[str, Any]:
-        return {
-            "format_version": ckpt_io.FORMAT_VERSION, "config": cfg.to_dict(), "model_args": args.to_dict(),
-            "model": ckpt_io.strip_prefixes(model.state_dict()), "tokenizer": tokenizer.to_json(),
-            "optimizer": optimizer.state_dict(), "step": progress.step, "tokens_seen": progress.tokens_seen,
-            "best_val_loss": progress.best_val_loss, "time_s": progress.time_s, "rng": ckpt_io.capture_rng(),
-            "data_state": sampler.state_dict(),
-        }
-
-    def due(interval: int) -> bool:
-        return interval > 0 and progress.step % interval == 0
-
-    tokens_per_step = cfg.batch_size * cfg.block_size
-    loss_sum, loss_count = torch.zeros((), device=device), 0
-    t_session = time.perf_counter()
-    time_before = progress.time_s
-    t_last_log, tokens_last_log = t_session, progress.tokens_seen
-    end_reason, exit_code = "max_steps", 0
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=progress.step, file=sys.stderr, unit="step",
-                   dynamic_ncols=True, smoothing=0.1)
-        log.bar = bar
-
-    model.train()
-    try:
-        with StopFlag() as stop:
-            while progress.step < cfg.max_steps:
-                set_lr(optimizer, get_lr(progress.step, cfg))
-                x, y = sampler.next()
-                _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress.step += 1
-                progress.tokens_seen += tokens_per_step
-                loss_sum += loss.detach()
-                loss_count += 1
-                progress.time_s = time_before + time.perf_counter() - t_session
-                last = progress.step == cfg.max_steps
-
-                if due(cfg.log_interval) or last:
-                    now = time.perf_counter()
-                    tok_s = (progress.tokens_seen - tokens_last_log) / max(now - t_last_log, 1e-9)
-                    mean_loss = (loss_sum / loss_count).item()
-                    metrics.write({"step": progress.step, "time_s": round(progress.time_s, 3), "loss": mean_loss,
-                                   "lr": get_lr(progress.step - 1, cfg), "tokens_per_sec": round(tok_s, 1)})
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                    loss_sum.zero_()
-                    loss_count, t_last_log, tokens_last_log = 0, now, progress.tokens_seen
-                if bar is not None:
-                    bar.update(1)
-
-                if cfg.eval_interval > 0 and (due(cfg.eval_interval) or last):
-                    losses = evaluate(model, eval_splits, cfg, device)
-                    row = {"step": progress.step, "time_s": round(progress.time_s, 3),
-                           "val_loss": losses["val"], "train_eval_loss": losses["train"]}
-                    if bytes_per_token:
-                        row["val_bpb"] = losses["val"] / math.log(2) / bytes_per_token
-                    metrics.write(row)
-                    improved = losses["val"] < progress.best_val_loss
-                    log(f"step {progress.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-                        + (" (best so far)" if improved else ""))
-                    if improved:
-                        progress.best_val_loss = losses["val"]
-                        ckpt_io.save_checkpoint(state(), out / ckpt_io.CKPT_NAMES["best"])
-
-                if due(cfg.sample_interval) or (last and cfg.sample_interval > 0):
-                    sample = sample_text(model, tokenizer, cfg, log, seed=cfg.seed + progress.step)
-                    metrics.write({"step": progress.step, "time_s": round(progress.time_s, 3), "sample": sample})
-                    log(f"--- sample at step {progress.step} ---\n{sample}\n---")
-
-                if due(cfg.checkpoint_interval) and not last:
-                    ckpt_io.save_checkpoint(state(), out / ckpt_io.CKPT_NAMES["last"])
-
-                if stop.signum is not None:
-                    end_reason, exit_code = "interrupted", EXIT_CODES[stop.signum]
-                    break
-                if (out / STOP_FILE).exists():
-                    (out / STOP_FILE).unlink(missing_ok=True)
-                    end_reason = "interrupted"
-                    break
-                if cfg.max_time > 0 and time.perf_counter() - t_session >= cfg.max_time:
-                    end_reason = "max_time"
-                    break
-            ckpt_io.save_checkpoint(state(), out / ckpt_io.CKPT_NAMES["last"])
-    except BaseException as e:
-        metrics.write({"step": progress.step, "time_s": round(progress.time_s, 3), "event": "end",
-                       "reason": "interrupted" if isinstance(e, KeyboardInterrupt) else "error",
-                       "error": repr(e)[:500]})
-        raise
+        trainer = Trainer(cfg, resume, dist)
+        return trainer.run()
     finally:
-        if bar is not None:
-            bar.close()
-            log.bar = None
-
-    metrics.write({"step": progress.step, "time_s": round(progress.time_s, 3), "event": "end",
-                   "reason": end_reason})
-    summarize(cfg, progress, end_reason, log)
-    log.close()
-    metrics.close()
-    return exit_code
+        if trainer is not None:
+            trainer.close()
+        distributed.teardown(dist)
 
 
 def sample_text(model: GPT, tokenizer, cfg: Config, log: RunLog, seed: int) -> str:
@@ -302,12 +548,14 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog) -> None:
     best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else "n/a (eval disabled)"
     lines = [
         f"done ({reason}) at step {p.step}/{cfg.max_steps}: best val loss {best}, "
-        f"{p.time_s:.1f} s of training, {p.tokens_seen:,} tokens seen",
+        f"{p.time_s:.1f} s of training, {p.tokens_seen:,} tokens seen"
+        + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
         f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
                                              else ""),
         f"sample: python train_tinyllm.py --out_dir {out} --generate_only --prompt \"The \" --sample_chars 300",
     ]
-    if reason == "interrupted" or reason == "max_time":
+    if reason in ("interrupted", "max_time"):
         lines.append(f"continue: python train_tinyllm.py --out_dir {out} --resume")
     for line in lines:
         log(line)
+

@@ -1,0 +1,124 @@
+"""Smoke runs of every benchmark at tiny sizes (so they never rot), and the arithmetic they report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyllm import config as C
+from tinyllm.model import GPT, ModelArgs
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import baseline  # noqa: E402
+import bench_optimizers  # noqa: E402
+import bench_throughput  # noqa: E402
+import bench_time_to_loss  # noqa: E402
+import common  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """One thread here: on a shared 2-core machine, two busy-waiting threads per process crawl. The benchmarks
+    are also given --threads 1; torch gets its setting back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_flops_per_token_is_the_palm_formula():
+    cfg = baseline.BaselineConfig(vocab_size=10, n_layer=2, n_head=2, n_embd=64, block_size=32)
+    for tie in (False, True):
+        cfg.tie_weights = tie
+        model = baseline.GPT(cfg)
+        per_block = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64  # qkv, attention out, fc, mlp out: 12 C^2
+        n_matmul = 2 * per_block + 64 * 10  # the head once, tied or not; embedding lookups are not matmuls
+        assert common.matmul_params(model) == n_matmul
+        assert common.flops_per_token(model, 2, 64, 32) == 6 * n_matmul + 12 * 2 * 64 * 32
+    assert common.mfu(1e6, 1e3, 4e9) == pytest.approx(0.25)
+
+
+def test_baseline_is_the_same_model_as_tinyllms_default():
+    cfg = C.from_dict({"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32})
+    ours = GPT(ModelArgs.from_config(cfg, 50))
+    theirs = baseline.GPT(baseline.BaselineConfig(50, 2, 2, 64, 32))
+    shapes = sorted(tuple(p.shape) for p in ours.parameters())
+    assert shapes == sorted(tuple(p.shape) for p in theirs.parameters())
+    assert common.flops_per_token(ours, 2, 64, 32) == common.flops_per_token(theirs, 2, 64, 32)
+
+
+def test_baseline_learns():
+    torch.manual_seed(0)
+    data = torch.arange(400) % 7  # a repeating pattern: next token = this token + 1 mod 7
+    model = baseline.GPT(baseline.BaselineConfig(7, 1, 2, 32, 16))
+    bt = baseline.BaselineTrainer(model, data, 16, 8, lr=1e-2, min_lr=1e-3, warmup=5, decay_steps=60)
+    before = bt.evaluate(data, 2, 8)
+    for _ in range(60):
+        bt.step()
+    assert bt.evaluate(data, 2, 8) < 0.5 * before
+
+
+def test_peak_matmul_is_measured():
+    flops = common.measure_peak_flops(torch.float32, torch.device("cpu"), n=128, repeats=2)
+    assert 1e6 < flops < 1e15
+
+
+def test_throughput_smoke(tmp_path: Path):
+    out = tmp_path / "throughput.json"
+    res = bench_throughput.main(["--tiny", "--threads", "1", "--no-memory", "--json", str(out)])
+    rows = res["rows"]
+    assert set(rows) == {"baseline_fp32", "tinyllm_fp32", "tinyllm_amp"}
+    assert rows["baseline_fp32"]["vs_baseline"] == 1.0
+    for r in rows.values():
+        assert r["tokens_per_sec"] > 0 and 0 < r["mfu"] < 1
+    assert rows["tinyllm_fp32"]["dtype"] == "fp32"
+    assert rows["tinyllm_amp"]["dtype"] in ("bf16", "fp32")  # fp32 where the CPU has no native bf16
+    assert res["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert json.loads(out.read_text())["rows"]["tinyllm_fp32"]["ms_per_step"] > 0
+
+
+def test_throughput_memory_probe_runs_one_row_in_its_own_process():
+    a = bench_throughput.parse_args(["--tiny", "--threads", "1"])
+    mem = bench_throughput.probe_memory("tinyllm_amp", bench_throughput.pass_through(a))
+    assert 50 < mem["peak_rss_mb"] < 10_000  # a process holding torch and a tiny model
+
+
+def test_time_to_loss_smoke(tmp_path: Path, corpus: Path):
+    out = tmp_path / "ttl.json"
+    tiny = ["n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8"]
+    res = bench_time_to_loss.main([
+        "--data_path", str(corpus), "--target", "50", "--time_cap", "30", "--eval_tokens", "512",
+        "--baseline_eval_interval", "5", "--threads", "1", "--json", str(out),
+        "--set", *tiny, "max_steps=40", "eval_interval=5", "--baby", *tiny])
+    runs = {r["run"]: r for r in res["runs"]}
+    # A target met at the first evaluation: both report it there, and tinyllm's loop stops at it.
+    assert runs["baseline"]["reached"]["step"] == 5
+    assert runs["tinyllm"]["reached"]["step"] == 5 and runs["tinyllm"]["final"]["step"] == 5
+    assert runs["tinyllm"]["eval_iters"] >= 2 and 1337 in res["speedup_by_seed"]
+    assert json.loads(out.read_text())["target"] == 50
+
+
+def test_time_to_loss_reports_a_target_not_reached(corpus: Path):
+    tiny = ["n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8"]
+    res = bench_time_to_loss.main([
+        "--data_path", str(corpus), "--target", "0.01", "--time_cap", "30", "--eval_tokens", "256",
+        "--baseline_eval_interval", "5", "--threads", "1", "--runs", "tinyllm",
+        "--set", *tiny, "max_steps=10", "eval_interval=5"])
+    (run,) = res["runs"]
+    assert run["reached"] is None and run["final"]["step"] == 10 and res["speedup_by_seed"] == {}
+
+
+def test_optimizers_smoke(tmp_path: Path, corpus: Path):
+    out = tmp_path / "opt.json"
+    res = bench_optimizers.main(["--tiny", "--budget", "1", "--data_path", str(corpus), "--threads", "1",
+                                 "--json", str(out)])
+    assert [r["optimizer"] for r in res["runs"]] == ["adamw", "lion", "muon"]
+    for r in res["runs"]:
+        assert 0 < r["steps"] <= r["planned_steps"] and r["train_s"] < 5 and 0 < r["val_loss"] < 10
+    assert res["precision"]["fp32"]["compute"] == "fp32" and res["precision"]["amp_vs_fp32"] > 0

@@ -1,0 +1,130 @@
+"""DDP on CPU with Gloo: torchrun runs, gradient equivalence, resume across world sizes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import REPO, TINY, run_cli
+
+from tinyllm.checkpoint import load_checkpoint
+from tinyllm.config import Config
+from tinyllm.metrics import read_metrics
+from tinyllm.model import GPT, ModelArgs
+from tinyllm.optim import make_optimizer
+from tinyllm.precision import Precision
+from tinyllm.train import forward_backward
+
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "TORCH_CPP_LOG_LEVEL": "ERROR"}
+RUN_FILES = {".lock", "ckpt.pt", "ckpt_best.pt", "config.json", "metrics.jsonl", "tokenizer.json", "train.log"}
+
+
+def torchrun(args, cwd, nproc=2, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(REPO / "train_tinyllm.py"), "--ddp", "--device", "cpu", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_two_process_run_writes_one_run_from_rank_0(corpus, tmp_path):
+    out, cwd = tmp_path / "run", tmp_path / "cwd"
+    cwd.mkdir()
+    proc = torchrun(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "20", "--eval_interval", "10"], cwd)
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert list(cwd.iterdir()) == []  # nobody wrote stray files
+    log = (out / "train.log").read_text()
+    assert log.count("step 20: train loss") == 1 and "DDP 2 processes (gloo)" in log
+    assert "2 processes = 16 sequences" in log
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] == 20 and ckpt["tokens_seen"] == 20 * 2 * 8 * 32
+    assert len(ckpt["data_state"]["ranks"]) == 2
+    rows = read_metrics(out / "metrics.jsonl")
+    assert len([r for r in rows if "val_loss" in r]) == 2 and rows[-1]["reason"] == "max_steps"
+
+    # a DDP checkpoint resumes in a single process ...
+    assert run_cli(["--out_dir", out, "--resume", "--max_steps", "25", "--no-progress"]) == 0
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 25
+    # ... and a single-process checkpoint under DDP
+    proc = torchrun(["--out_dir", out, "--resume", "--max_steps", "30", "--no-progress"], cwd)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 30
+
+
+def test_sigterm_stops_every_rank_with_one_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "1000000", "--eval_interval", "0"],
+                    tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ((out / "metrics.jsonl").exists() and read_metrics(out / "metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a terminal or a scheduler would: every process of the job
+    _, err = proc.communicate(timeout=180)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows[-1]["event"] == "end" and rows[-1]["reason"] == "interrupted", err
+    assert len([r for r in rows if r.get("event") == "end"]) == 1
+    assert load_checkpoint(out / "ckpt.pt")["step"] == rows[-1]["step"]
+    assert {p.name for p in out.iterdir()} <= RUN_FILES
+
+
+def _ddp_worker(rank, world, init_file, x, y, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = GPT(ModelArgs(vocab_size=13, n_layer=2, n_head=2, n_embd=16, block_size=8))
+    opt = make_optimizer(model, Config(), torch.device("cpu"))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    b = x.size(0) // world
+    mine = slice(rank * b, (rank + 1) * b)
+    # two micro-batches per rank: also checks that no_sync + the final all-reduce give the full gradient
+    half = b // 2
+    xs, ys = x[mine], y[mine]
+    forward_backward(ddp, [(xs[:half], ys[:half]), (xs[half:], ys[half:])], Config(),
+                     Precision(torch.device("cpu"), torch.float32))
+    opt.step()
+    if rank == 0:
+        torch.save(model.state_dict(), result_file)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process_with_the_double_batch(tmp_path):
+    torch.manual_seed(1)
+    x = torch.randint(0, 13, (8, 8))
+    y = torch.randint(0, 13, (8, 8))
+    result = tmp_path / "ddp.pt"
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), x, y, str(result)), nprocs=2, join=True,
+                       start_method="spawn")
+    torch.manual_seed(0)
+    single = GPT(ModelArgs(vocab_size=13, n_layer=2, n_head=2, n_embd=16, block_size=8))
+    opt = make_optimizer(single, Config(), torch.device("cpu"))
+    forward_backward(single, [(x, y)], Config(), Precision(torch.device("cpu"), torch.float32))
+    opt.step()
+    ddp_state = torch.load(result, weights_only=True)
+    for name, value in single.state_dict().items():
+        assert torch.allclose(value, ddp_state[name], atol=1e-5, rtol=0), name
+
+
+def test_ddp_without_torchrun_explains_how_to_launch(corpus, tmp_path, capsys, monkeypatch):
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    assert run_cli(["--data_path", corpus, "--out_dir", tmp_path / "run", *TINY, "--ddp"]) == 2
+    err = capsys.readouterr().err
+    assert "torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for NCCL")
+def test_nccl_smoke(corpus, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           str(REPO / "train_tinyllm.py"), "--ddp", "--ddp_backend", "nccl", "--data_path", str(corpus),
+           "--out_dir", str(tmp_path / "run"), *TINY, "--max_steps", "10", "--eval_interval", "0"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "(nccl)" in (tmp_path / "run" / "train.log").read_text()

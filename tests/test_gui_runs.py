@@ -1,0 +1,412 @@
+"""The GUI's gradio-free parts: the config form, the command preview, run folders and their status, stopping
+real processes, the Data tab's helpers and the missing-gradio message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from tinyllm import config as C
+from tinyllm.cli import build_parser, resolve_config
+from tinyllm.errors import UserError
+from tinyllm.gui import form as F
+from tinyllm.gui import runs as R
+from tinyllm.gui.chart import line_chart, nice_ticks
+from tinyllm.gui.datafile import clean_wikitext, default_clean_path, keep_upload, text_stats
+from tinyllm.gui.monitor import loss_series, speed_series, steps_per_second, summary
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals as on POSIX")
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
+    """Poll until cond() is truthy (a deadline, not a timing assumption)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------- form
+
+
+def test_form_has_every_field_once_grouped_in_order():
+    specs = F.field_specs()
+    assert [s.name for s in specs] == list(C.FIELDS)
+    grouped = F.grouped_specs()
+    assert sorted(s.name for g in grouped.values() for s in g) == sorted(C.FIELDS)
+    assert list(grouped)[: 3] == [g for g in C.GROUPS if g in grouped][:3]
+    by = {s.name: s for s in specs}
+    assert by["ckpt"].kind == "choice" and by["ckpt"].choices == ("last", "best")
+    assert by["progress"].kind == "bool" and by["n_layer"].kind == "int" and by["lr"].kind == "float"
+    assert by["n_layer"].shape and "Fixed once a run has started" in by["n_layer"].info
+    assert ">= 1" in by["n_layer"].info and C.FIELDS["n_layer"].metadata["help"] in by["n_layer"].info
+
+
+def test_form_round_trip_and_typing():
+    cfg = C.Config(n_layer=3, lr=0.002, progress=False, prompt="Once\n", ckpt="best")
+    values = F.values_from_config(cfg)
+    assert F.config_from_values(values) == cfg
+    # Widgets give floats for whole numbers and ints for round floats; both come back typed.
+    by = {s.name: i for i, s in enumerate(F.field_specs())}
+    values[by["n_layer"]] = 3.0
+    values[by["lr"]] = 1
+    got = F.config_from_values(values)
+    assert got.n_layer == 3 and isinstance(got.n_layer, int) and got.lr == 1.0 and isinstance(got.lr, float)
+    values[by["n_layer"]] = 2.5
+    with pytest.raises(UserError, match="--n_layer must be a whole number"):
+        F.config_from_values(values)
+    values[by["n_layer"]] = None
+    with pytest.raises(UserError, match="--n_layer needs a value"):
+        F.config_from_values(values)
+    values[by["n_layer"]] = 4
+    values[by["n_head"]] = 3
+    with pytest.raises(UserError, match="divisible by --n_head"):
+        F.config_from_values(values)
+    with pytest.raises(UserError, match="reload the page"):
+        F.config_from_values(values[:-1])
+
+
+def test_a_field_added_to_the_dataclass_appears_everywhere(monkeypatch):
+    @dataclass
+    class Extended(C.Config):
+        warp_drive: str = C.opt("off", "A setting added after the GUI was written.", "model", choices=("off", "on"))
+
+    monkeypatch.setattr(C, "Config", Extended)
+    monkeypatch.setattr(C, "FIELDS", {f.name: f for f in __import__("dataclasses").fields(Extended)})
+    spec = next(s for s in F.field_specs() if s.name == "warp_drive")
+    assert spec.kind == "choice" and spec.group == "model"
+    assert spec in F.grouped_specs()["model"]
+    cfg = Extended(warp_drive="on")
+    assert F.config_from_values(F.values_from_config(cfg)) == cfg
+    assert "--warp_drive on" in F.command_preview(cfg)
+
+
+def test_command_preview_shows_only_changes_and_reproduces_the_config():
+    assert F.command_preview(C.from_dict(F.cli_defaults())) == "python train_tinyllm.py"
+    cfg = C.from_dict({**F.cli_defaults(), "n_layer": 2, "lr": 0.0005, "progress": False,
+                       "data_path": "my data/a b.txt", "prompt": "It's"})
+    cmd = F.command_preview(cfg)
+    assert cmd.startswith("python train_tinyllm.py ")
+    assert "--n_embd" not in cmd and "--no-progress" in cmd and "'my data/a b.txt'" in cmd
+    # The real CLI turns the command back into the same settings.
+    ns = build_parser().parse_args(shlex.split(cmd)[2:])
+    assert resolve_config(ns)[0] == cfg
+    assert F.command_preview(cfg, resume=True).endswith(" --resume")
+    newline = C.from_dict({**F.cli_defaults(), "prompt": "a\nb"})
+    assert "--prompt $'a\\nb'" in F.command_preview(newline)
+
+
+def test_presets_load_save_and_errors(tmp_path):
+    assert "tiny_char_gpt.json" in F.list_presets()
+    assert F.load_preset(F.resolve_preset("tiny_char_gpt.json")) == C.from_dict(F.cli_defaults())
+    cfg = C.Config(n_layer=2, out_dir="out/x")
+    path = F.save_preset(cfg, tmp_path / "mine.json")
+    assert F.load_preset(F.resolve_preset(str(path))) == cfg
+    assert F.resolve_preset("mine.json", cwd=tmp_path) == tmp_path / "mine.json"
+    with pytest.raises(UserError, match=r"\.json"):
+        F.save_preset(cfg, tmp_path / "mine.txt")
+    (tmp_path / "bad.json").write_text('{"n_layer": "four"}')
+    with pytest.raises(UserError, match="n_layer"):
+        F.load_preset(tmp_path / "bad.json")
+    with pytest.raises(UserError, match="not found"):
+        F.load_preset(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+
+def write_run(out: Path, rows: list[dict], launch: dict | None = None, cfg: dict | None = None) -> Path:
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "config.json").write_text(json.dumps(cfg or {"max_steps": 100, "n_layer": 1}))
+    if launch is not None:
+        (out / R.PID_FILE).write_text(json.dumps(launch))
+    return out
+
+
+def test_status_from_end_row_and_liveness():
+    train = {"step": 5, "time_s": 1.0, "loss": 2.0}
+    assert R.derive_status([train], True, None, 10) == ("running", "")
+    assert R.derive_status([train, {"step": 9, "event": "end", "reason": "max_steps"}], False, None, 10)[0] \
+        == "finished"
+    assert R.derive_status([train, {"step": 9, "event": "end", "reason": "max_time"}], False, None, 10)[0] \
+        == "finished"
+    assert R.derive_status([train, {"step": 9, "event": "end", "reason": "interrupted"}], False, None, 10) \
+        == ("interrupted", "")
+    status, detail = R.derive_status([{"step": 9, "event": "end", "reason": "error", "error": "boom"}], False,
+                                     None, 10)
+    assert (status, detail) == ("error", "boom")
+    # Launched by the GUI (at time 100): died without an end row; or died before writing anything, even when
+    # an older end row (from before a resume) is the last one.
+    launch = {"started_at": 100.0}
+    assert R.derive_status([train], False, launch, 150.0)[0] == "error"
+    ended = [train, {"step": 9, "event": "end", "reason": "interrupted"}]
+    assert R.derive_status(ended, False, launch, 150.0)[0] == "interrupted"
+    status, detail = R.derive_status(ended, False, launch, 50.0)
+    assert status == "error" and "before training started" in detail
+    assert R.derive_status([train], False, None, 10)[0] == "unknown"
+    assert R.derive_status([], False, None, 0)[0] == "new"
+
+
+def test_discover_runs_reads_folders(tmp_path):
+    root = tmp_path / "out"
+    write_run(root / "done", [{"step": 5, "time_s": 1.0, "loss": 2.5}, {"step": 10, "time_s": 2, "val_loss": 2.2},
+                              {"step": 20, "time_s": 4, "val_loss": 2.0}, {"step": 20, "event": "end",
+                                                                            "reason": "max_steps"}],
+              cfg={"max_steps": 20, "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "data_path": "a.txt"})
+    write_run(root / "dead", [{"step": 5, "time_s": 1.0, "loss": 2.5}],
+              launch={"pid": 2 ** 22 + 12345, "marker": "nothing", "started_at": 0.0})
+    (root / "not_a_run").mkdir()
+    runs = {r.name: r for r in R.discover_runs(root)}
+    assert set(runs) == {"done", "dead"}
+    assert runs["done"].status == "finished" and runs["done"].best_val_loss == 2.0 and runs["done"].step == 20
+    assert runs["done"].last_loss == 2.5 and runs["done"].max_steps == 20
+    assert runs["dead"].status == "error"
+    assert "1/2/32/32" in R.config_summary(runs["done"].config) and "a.txt" in R.config_summary(runs["done"].config)
+    assert R.discover_runs(tmp_path / "missing") == []
+
+
+def test_pid_alive_checks_the_command_line():
+    assert R.pid_alive(os.getpid())
+    if Path("/proc/self/cmdline").exists():
+        assert not R.pid_alive(os.getpid(), marker="no-such-marker-in-my-command-line")
+    assert not R.pid_alive(0)
+
+
+def test_monitor_numbers():
+    rows = [{"step": 10, "time_s": 1.0, "loss": 3.0, "tokens_per_sec": 100.0},
+            {"step": 20, "time_s": 2.0, "loss": 2.0, "tokens_per_sec": 120.0},
+            {"step": 20, "time_s": 2.0, "val_loss": 2.5}, {"step": 20, "time_s": 2.0, "sample": "hi"}]
+    assert steps_per_second(rows) == 10.0
+    assert loss_series(rows) == {"train": [(10, 3.0), (20, 2.0)], "val": [(20, 2.5)]}
+    assert speed_series(rows) == {"tokens/s": [(10, 100.0), (20, 120.0)]}
+    info = R.RunInfo(out_dir=Path("x"), status="running", step=20, max_steps=120, rows=rows, last_loss=2.0,
+                     best_val_loss=2.5, time_s=2.0)
+    s = summary(info)
+    assert s["ETA"] == "0:10" and s["tokens/s"] == "120" and s["best val loss"] == "2.5000"
+    assert s["step"] == "20 / 120"
+
+
+def test_chart_draws_every_series_and_skips_bad_points():
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(1.37, 3.21, n=4) == [1.5, 2.0, 2.5, 3.0]
+    svg = line_chart({"train": [(1, 3.0), (2, 2.0), (3, float("nan"))], "val": [(2, 2.5)], "<b>": []},
+                     title="Loss")
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<polyline") == 1 and svg.count("<circle") == 3  # val's single point still shows
+    assert ">train</text>" in svg and ">val</text>" in svg and "&lt;b&gt;" in svg and "<b>" not in svg
+    assert "no data yet" in line_chart({"train": []})
+
+
+def test_tail_text_keeps_the_last_progress_bar_state(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_bytes(b"first\n 10%|#   \r 50%|#####\r\x1b[32m 90%|#########\x1b[0m\nlast line\n")
+    assert R.tail_text(log) == "first\n 90%|#########\nlast line"
+    assert R.tail_text(log, max_lines=1) == "last line"
+    assert R.tail_text(tmp_path / "none.log") == ""
+
+
+def test_stop_file_name_matches_the_training_loop():
+    from tinyllm import train
+
+    assert R.STOP_FILE == train.STOP_FILE
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+# Stand-ins for the training process: each writes "ready" once its signal handling is set up.
+COOPERATIVE = """
+import json, pathlib, sys, time
+out = pathlib.Path(sys.argv[1]).parent
+(out / "ready").touch()
+while not (out / "STOP").exists():
+    time.sleep(0.02)
+(out / "STOP").unlink()
+with open(out / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 1, "time_s": 0.1, "event": "end", "reason": "interrupted"}) + "\\n")
+"""
+# Like the trainer starting up: it deletes a STOP file it finds (a stale one, it must assume) before its loop.
+STARTING = """
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[1]).parent
+(out / "ready").touch()
+while not (out / "STOP").exists():
+    time.sleep(0.02)
+(out / "STOP").unlink()
+(out / "deleted").touch()
+while not (out / "STOP").exists():
+    time.sleep(0.02)
+"""
+TERM_ONLY = """
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[1]).parent
+(out / "ready").touch()
+while True:
+    time.sleep(0.05)
+"""
+STUBBORN = """
+import pathlib, signal, subprocess, sys, time
+out = pathlib.Path(sys.argv[1]).parent
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"])
+(out / "child.pid").write_text(str(child.pid))
+(out / "ready").touch()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def fake_manager(tmp_path: Path, script: str, **kw) -> R.RunManager:
+    return R.RunManager(cwd=tmp_path, command=lambda cfg_path, resume: [sys.executable, "-c", script,
+                                                                         str(cfg_path)], **kw)
+
+
+@posix_only
+def test_stop_is_cooperative_first(tmp_path):
+    m = fake_manager(tmp_path, COOPERATIVE, grace_stop_s=20, grace_term_s=1)
+    out = m.start(C.Config(out_dir="runs/a"))
+    assert out == tmp_path / "runs" / "a" and json.loads((out / R.LAUNCH_CONFIG).read_text())["out_dir"] == "runs/a"
+    pid = json.loads((out / R.PID_FILE).read_text())["pid"]
+    wait_for(lambda: (out / "ready").exists(), what="the process to start")
+    assert m.is_running("runs/a") and R.run_info(out, m).status == "running"
+    assert m.stop("runs/a").startswith("stopped at the end of a step")
+    assert not R.pid_alive(pid) and not (out / "STOP").exists()
+    assert R.run_info(out, m).status == "interrupted"
+    # A fresh manager (a restarted GUI) sees the same thing from the folder alone.
+    assert R.run_info(out, R.RunManager(cwd=tmp_path)).status == "interrupted"
+
+
+@posix_only
+def test_stop_reaches_a_run_that_is_still_starting(tmp_path):
+    m = fake_manager(tmp_path, STARTING, grace_stop_s=20, grace_term_s=1)
+    out = m.start(C.Config(out_dir="s"))
+    wait_for(lambda: (out / "ready").exists(), what="the process to start")
+    assert m.stop(out).startswith("stopped at the end of a step")
+    assert (out / "deleted").exists() and m._procs[out].returncode == 0
+
+
+@posix_only
+def test_stop_escalates_to_sigterm(tmp_path):
+    m = fake_manager(tmp_path, TERM_ONLY, grace_stop_s=0.3, grace_term_s=20)
+    out = m.start(C.Config(out_dir=str(tmp_path / "b")))
+    wait_for(lambda: (out / "ready").exists(), what="the process to start")
+    assert m.stop(out).startswith("stopped by SIGTERM")
+    assert m._procs[out].returncode == -signal.SIGTERM
+    assert R.run_info(out, m).status == "error"  # no end row: it did not save, and the GUI says so
+
+
+@posix_only
+def test_stop_kills_the_process_tree_when_signals_are_ignored(tmp_path):
+    m = fake_manager(tmp_path, STUBBORN, grace_stop_s=0.3, grace_term_s=0.3)
+    out = m.start(C.Config(out_dir=str(tmp_path / "c")))
+    wait_for(lambda: (out / "ready").exists(), what="the process to start")
+    child = int((out / "child.pid").read_text())
+    assert R.pid_alive(child)
+    assert m.stop(out).startswith("killed")
+    assert m._procs[out].returncode == -signal.SIGKILL
+    wait_for(lambda: not R.pid_alive(child), timeout=10, what="the grandchild to die")
+
+
+@posix_only
+def test_runs_do_not_clash_and_busy_folders_are_refused(tmp_path):
+    m = fake_manager(tmp_path, TERM_ONLY, grace_stop_s=0.1, grace_term_s=20)
+    a = m.start(C.Config(out_dir="a"))
+    b = m.start(C.Config(out_dir="b"))
+    try:
+        with pytest.raises(UserError, match="in use by a running run"):
+            m.start(C.Config(out_dir="a"))
+        with pytest.raises(UserError, match="in use by a running run"):
+            m.start(C.Config(out_dir=str(a)), resume=True)
+        assert m.is_running("a") and m.is_running("b") and set(m.running()) == {a, b}
+        pa, pb = (json.loads((p / R.PID_FILE).read_text())["pid"] for p in (a, b))
+        assert pa != pb
+        # Another GUI process sees the run as busy through the pid file alone.
+        other = R.RunManager(cwd=tmp_path)
+        with pytest.raises(UserError, match="in use"):
+            other.start(C.Config(out_dir="a"))
+    finally:
+        m.shutdown(stop_runs=True)
+    assert not m.is_running("a") and not m.is_running("b")
+
+
+def test_start_refuses_overwrite_and_bad_resume(tmp_path):
+    m = fake_manager(tmp_path, TERM_ONLY, grace_stop_s=0.1)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "ckpt.pt").write_bytes(b"x")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(C.Config(out_dir="old").to_dict()))
+    with pytest.raises(UserError, match="already holds a run"):
+        m.start(C.Config(out_dir="old"))
+    with pytest.raises(UserError, match="--n_layer 2 conflicts with the checkpoint"):
+        m.start(C.Config(out_dir="old", n_layer=2), resume=True)
+    with pytest.raises(UserError, match="no ckpt.pt to resume"):
+        m.start(C.Config(out_dir="empty"), resume=True)
+    assert m.running() == []
+    if "overwrite" in C.FIELDS:  # the trainer replaces the old run itself when asked to
+        m.start(C.Config(out_dir="old", overwrite=True))
+        assert m.is_running("old")
+        m.shutdown(stop_runs=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_text_stats(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("héllo\nwörld\n", encoding="utf-8")
+    s = text_stats(p, preview_chars=4)
+    assert (s.size_bytes, s.chars, s.lines, s.vocab, s.preview) == (14, 12, 2, 9, "héll")
+    assert "12" in s.markdown() and not s.partial
+    (tmp_path / "bad.txt").write_bytes(b"ok\xff")
+    with pytest.raises(UserError, match="not UTF-8"):
+        text_stats(tmp_path / "bad.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for bad, msg in ((tmp_path / "empty.txt", "empty"), (tmp_path, "folder"), (tmp_path / "no.txt", "not found")):
+        with pytest.raises(UserError, match=msg):
+            text_stats(bad)
+
+
+def test_upload_is_kept_without_overwriting(tmp_path):
+    src = tmp_path / "up.txt"
+    src.write_text("a")
+    first = keep_upload(src, tmp_path / "data")
+    src.write_text("b")
+    second = keep_upload(src, tmp_path / "data")
+    assert first != second and first.read_text() == "a" and second.read_text() == "b"
+
+
+def test_clean_wikitext_into_a_new_file(tmp_path):
+    src = tmp_path / "wiki.train.tokens"
+    src.write_text(" = Title = \n \n The state @-@ of @-@ the @-@ art is 1 @,@ 000 . \n", encoding="utf-8")
+    dest = default_clean_path(src)
+    assert dest.name == "wiki.train.clean.txt"
+    assert "cleaned" in clean_wikitext(src, dest)
+    assert dest.read_text() == "The state-of-the-art is 1,000 .\n"
+    with pytest.raises(UserError, match="new file"):
+        clean_wikitext(dest, dest)
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def test_gui_without_gradio_names_the_extra(tmp_path):
+    blocker = tmp_path / "gradio"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('gradio is blocked for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    r = subprocess.run([sys.executable, str(REPO / "gui.py"), "--port", "1"], capture_output=True, text=True,
+                       env=env, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    assert 'pip install -e ".[gui]"' in r.stderr and "Traceback" not in r.stderr

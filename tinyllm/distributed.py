@@ -1,0 +1,87 @@
+"""torchrun / DDP: process-group setup and teardown, and the few collective helpers the loop needs.
+
+Launch with torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE for each process:
+    torchrun --standalone --nproc_per_node=2 train_tinyllm.py --ddp ...
+Without --ddp everything here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from tinyllm.errors import UserError
+
+TORCHRUN_HINT = "torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp [flags]"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    enabled: bool = False
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def any_true(self, *flags: bool) -> list[bool]:
+        """For each flag, whether it is set on any rank: one small all-reduce, so every rank takes the same
+        decision (stop now, skip this step) at the same step."""
+        if not self.enabled:
+            return list(flags)
+        t = torch.tensor([float(f) for f in flags], device=self.device_for_collectives)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device_for_collectives)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    @property
+    def device_for_collectives(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+
+def setup(enabled: bool, backend: str) -> Dist:
+    if not enabled:
+        return Dist()
+    missing = [v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise UserError(f"--ddp needs the environment that torchrun sets ({', '.join(missing)} missing); launch "
+                        f"with: {TORCHRUN_HINT}")
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() and sys.platform.startswith("linux") else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise UserError("--ddp_backend nccl needs CUDA GPUs; use --ddp_backend gloo (or auto) on CPUs")
+    d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), True, backend)
+    if backend == "nccl":
+        torch.cuda.set_device(d.local_rank)
+    dist.init_process_group(backend=backend)
+    return d
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()

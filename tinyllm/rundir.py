@@ -1,0 +1,95 @@
+"""The run folder: one run per folder, one process per run.
+
+A fresh run in a folder that already holds one is refused unless --overwrite says to replace it, so runs
+are never mixed and checkpoints never silently destroyed. A lock file (an flock held for the life of the
+process) refuses a second trainer on the same folder; the kernel drops the lock when its process dies, even
+by SIGKILL, so a stale lock file from a dead process never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tinyllm.checkpoint import atomic_write_text
+from tinyllm.errors import UserError
+from tinyllm.metrics import read_metrics
+
+RUN_FILES = ("ckpt.pt", "ckpt_best.pt", "metrics.jsonl", "train.log")
+LOCK_FILE = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: fall back to a pid file checked for liveness
+    fcntl = None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise UserError(f"--out_dir {self.path.parent} is in use by another training process "
+                                f"(pid {self._holder()}); wait for it to finish or choose another --out_dir") from None
+        else:
+            holder = self._holder()
+            if holder and holder != os.getpid() and pid_alive(holder):
+                os.close(fd)
+                raise UserError(f"--out_dir {self.path.parent} is in use by another training process (pid {holder}); "
+                                "wait for it to finish or choose another --out_dir")
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def holds_run(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (Path(out) / name).exists()]
+
+
+def prepare_run_dir(out: Path, resume_step: int | None, overwrite: bool) -> None:
+    """Before a run writes anything: refuse to mix runs, clear a replaced run, and on resume drop the metric
+    rows of steps after the checkpoint (they are about to be trained again)."""
+    out = Path(out)
+    if resume_step is None:
+        existing = holds_run(out)
+        if existing and not overwrite:
+            raise UserError(f"--out_dir {out} already holds a run ({', '.join(existing)}); continue it with --resume, "
+                            "replace it with --overwrite, or choose another --out_dir")
+        for name in existing:
+            (out / name).unlink(missing_ok=True)
+        return
+    metrics = out / "metrics.jsonl"
+    rows = read_metrics(metrics)
+    kept = [r for r in rows if r.get("step", 0) <= resume_step]
+    if len(kept) != len(rows) or (metrics.exists() and not metrics.read_text().endswith("\n")):
+        atomic_write_text(metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
