@@ -9,10 +9,8 @@ leaves either the old complete file or the new complete file, never half of one.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,50 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from tinyllm.atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
 from tinyllm.errors import UserError
 
 FORMAT_VERSION = 1
 CKPT_NAMES = {"last": "ckpt.pt", "best": "ckpt_best.pt"}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself lives in the directory entry: fsync the folder so it survives a power cut.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Serialise in memory first, so a failure while pickling never touches the file on disk."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    _atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 REQUIRED_KEYS = ("format_version", "config", "model_args", "model", "tokenizer", "step")

@@ -273,7 +273,7 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 
 def save_json(cfg: Config, path: str | Path) -> None:
-    from tinyllm.checkpoint import atomic_write_text
+    from tinyllm.atomic import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(cfg.to_dict(), indent=2) + "\n")
 
@@ -296,7 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for name, f in FIELDS.items():
         meta, kind = f.metadata, _type_of(f)
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{meta['help']} (default: {f.default!r})"}
+        text = f"{meta['help']} (default: {f.default!r})".replace("%", "%%")  # argparse %-formats help
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kwargs["action"] = _BooleanAction
         else:

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from tinyllm.checkpoint import atomic_write_text
+from tinyllm.atomic import atomic_write_text
 from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
 
@@ -25,14 +25,45 @@ except ImportError:  # Windows: fall back to a pid file checked for liveness
     fcntl = None
 
 
-def pid_alive(pid: int) -> bool:
+def _windows_pid_alive(pid: int) -> bool:
+    import ctypes
+
+    handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    code = ctypes.c_ulong()
+    ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+    ctypes.windll.kernel32.CloseHandle(handle)
+    return code.value == 259  # STILL_ACTIVE
+
+
+def pid_alive(pid: int, marker: str | None = None) -> bool:
+    """Is `pid` a live (not zombie) process, and, where /proc can tell, one whose command line holds `marker`?
+
+    The marker guards against pid reuse: after a reboot or a long time, the pid in a stale gui.pid may
+    belong to an unrelated process, which must never be reported as the run, let alone signalled.
+    """
+    if pid <= 0:
+        return False
+    if os.name != "posix":
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True
+    if state in ("Z", "X"):
+        return False
+    return marker is None or os.fsencode(marker) in cmdline
 
 
 class RunLock:

@@ -23,7 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyllm.atomic import atomic_write_json  # noqa: F401 - used here and by gui.form
 from tinyllm.config import REPO_ROOT, SHAPE_KEYS, Config
 from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
+from tinyllm.rundir import pid_alive
 
 # The training loop's stop file (tinyllm.train.STOP_FILE; importing train would load torch into the GUI).
 STOP_FILE = "STOP"
@@ -46,20 +47,6 @@ END_STATUS = {"max_steps": "finished", "max_time": "finished", "interrupted": "i
 _IS_POSIX = os.name == "posix"
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -69,47 +56,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def _windows_pid_alive(pid: int) -> bool:
-    import ctypes
-
-    handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return False
-    code = ctypes.c_ulong()
-    ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-    ctypes.windll.kernel32.CloseHandle(handle)
-    return code.value == 259  # STILL_ACTIVE
-
-
-def pid_alive(pid: int, marker: str | None = None) -> bool:
-    """Is `pid` a live (not zombie) process, and, where /proc can tell, one whose command line holds `marker`?
-
-    The marker guards against pid reuse: after a reboot or a long time, the pid in a stale gui.pid may
-    belong to an unrelated process, which must never be reported as the run, let alone signalled.
-    """
-    if pid <= 0:
-        return False
-    if not _IS_POSIX:
-        return _windows_pid_alive(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    if not proc.exists():
-        return True
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return True
-    if state in ("Z", "X"):
-        return False
-    return marker is None or os.fsencode(marker) in cmdline
 
 
 def _signal_group(pid: int, sig: int) -> None:
