@@ -1,19 +1,20 @@
 """Data at scale: tokenisation speed, and peak memory while training from a memmapped token file.
 
-    python benchmarks/bench_data.py                          # both parts, char and BPE, a 1 GiB generated text
-    python benchmarks/bench_data.py --skip_rss               # tokenisation speed only (a minute)
+    python benchmarks/bench_data.py                  # speed (char, BPE), then memory with char on 1 GiB of text
+    python benchmarks/bench_data.py --skip_rss       # tokenisation speed only (a minute)
     python benchmarks/bench_data.py --gib 2 --rss_tokenizers char,bpe --json out/bench_data.json
 
 Part 1, tokenisation speed, on --text (default: WikiText-2 valid, cleaned, from ../shared/data, else the
-included corpus), for each tokenizer: building the tokenizer (char: one streaming pass collecting characters;
-BPE: training the merges with `tokenizers`), then the streaming pass that writes tokens.bin (read, decode,
-encode, write). Both are reported in MiB of source text per second of wall-clock time.
+included corpus, repeated to --speed_mib MiB), for each tokenizer: building the tokenizer (char: one
+streaming pass collecting characters; BPE: training the merges with `tokenizers`), then the streaming pass
+that writes tokens.bin (read, decode, encode, write). Both in MiB of source text per second of wall time.
 
 Part 2, peak resident memory: a pseudo-English text file of --gib GiB is generated (words from a fixed list,
 sentences of random length, so it is not one repeated block), then `train_tinyllm.py --memmap_dataset` runs
 twice as a subprocess on it: first run tokenises the file into tokens.bin and trains --steps steps; the second
 reuses tokens.bin and trains again. The peak RSS of each process (getrusage of the child, so the kernel's own
-high-water mark) must stay under 1 GiB; the benchmark fails otherwise.
+high-water mark) must stay under 1 GiB; the benchmark fails otherwise. BPE is slower to train and apply (a
+few MiB/s per core), so it is left out of this part unless --rss_tokenizers asks for it.
 """
 
 from __future__ import annotations
@@ -47,12 +48,17 @@ WORDS = ("the of and to in a is that for it as was with be by on not he this are
          "quietly suddenly carefully remembered discovered carried walked opened answered promised").split()
 
 
-def default_text(work: Path) -> Path:
+def default_text(work: Path, min_mib: float) -> Path:
+    """Cleaned WikiText-2 valid (else the included corpus), repeated to at least `min_mib` MiB so the
+    timings are long enough to mean something."""
+    src = REPO / "data" / "tiny_corpus.txt"
     if WIKITEXT.is_file():
-        out = work / "wikitext2_valid_clean.txt"
-        clean_file(WIKITEXT, out)
-        return out
-    return REPO / "data" / "tiny_corpus.txt"
+        src = work / "wikitext2_valid_clean.txt"
+        clean_file(WIKITEXT, src)
+    data = src.read_bytes()
+    out = work / "speed_text.txt"
+    out.write_bytes(data * max(1, int(-(-min_mib * 2**20 // len(data)))))
+    return out
 
 
 def tokenisation_speed(text: Path, work: Path, vocab: int) -> list[dict]:
@@ -128,10 +134,11 @@ def peak_rss(big: Path, work: Path, kind: str, steps: int, vocab: int, workers: 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--text", default="", help="text for the speed part (default: cleaned WikiText-2 valid)")
+    p.add_argument("--text", default="", help="text for the speed part (default: cleaned WikiText-2 valid, repeated)")
+    p.add_argument("--speed_mib", type=float, default=8.0, help="size the default speed text is repeated to")
     p.add_argument("--bpe_vocab_size", type=int, default=4096)
     p.add_argument("--gib", type=float, default=1.0, help="size of the generated text for the memory part")
-    p.add_argument("--rss_tokenizers", default="char,bpe", help="tokenizers for the memory part")
+    p.add_argument("--rss_tokenizers", default="char", help="tokenizers for the memory part, e.g. char,bpe")
     p.add_argument("--steps", type=int, default=50, help="training steps of each memory run")
     p.add_argument("--workers", type=int, default=0, help="--dataloader_workers of the memory runs")
     p.add_argument("--skip_rss", action="store_true", help="only the tokenisation speed part")
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {describe(info)}", file=sys.stderr)
     result: dict = {"benchmark": "data", "machine": info}
     try:
-        text = Path(a.text) if a.text else default_text(work)
+        text = Path(a.text) if a.text else default_text(work, a.speed_mib)
         result["speed_text"] = str(text)
         result["speed"] = tokenisation_speed(text, work, a.bpe_vocab_size)
         print(table(["tokenizer", "vocab", "text MiB", "bytes/token", "build MiB/s", "tokenise MiB/s"],

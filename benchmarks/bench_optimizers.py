@@ -114,7 +114,7 @@ def precision_rows(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         cfg = trainers[False].cfg
         tokens = cfg.batch_size * cfg.block_size
         out = {}
-        for (amp, t), (name, per_step) in zip(trainers.items(), times.items(), strict=True):
+        for t, (name, per_step) in zip(trainers.values(), times.items(), strict=True):
             s = common.summarize_times(per_step)
             out[name] = {"compute": t.precision.name, "ms_per_step": 1000 * s["median_s"],
                          "tokens_per_sec": tokens / s["median_s"], "seconds_per_step_rounds": per_step,
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          or "preset", r["steps"], f"{r['train_s']:.1f}", f"{r['val_loss']:.4f}"] for r in results]))
     if prec:
         print("fp32 vs --amp, the same model (median of rounds):")
-        print(common.table(["run", "compute", "ms/step", "tokens/s"],
-                           [[n, prec[n]["compute"], f"{prec[n]['ms_per_step']:.1f}", f"{prec[n]['tokens_per_sec']:,.0f}"]
-                            for n in ("fp32", "amp")]))
+        rows = [[n, prec[n]["compute"], f"{prec[n]['ms_per_step']:.1f}", f"{prec[n]['tokens_per_sec']:,.0f}"]
+                for n in ("fp32", "amp")]
+        print(common.table(["run", "compute", "ms/step", "tokens/s"], rows))
         print(f"ratio --amp / fp32: {prec['amp_vs_fp32']:.2f}x tokens/s")
     out = {"benchmark": "optimizers", "machine": m, "load_avg_end": common.load_average(), "budget_s": a.budget,
            "preset": a.preset, "seed": a.seed, "runs": results, "precision": prec}

@@ -18,7 +18,6 @@ computes in (fp32, or bf16 under --amp). The peak is timed here, never taken fro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -142,23 +141,13 @@ def mfu(flops_token: float, tokens_per_sec: float, peak_flops: float) -> float:
 # --- memory ---------------------------------------------------------------------------------------------
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator counter, and on Linux the process's resident high-water mark
-    (writing 5 to /proc/self/clear_refs resets it), so configurations run one after another in one process
-    each get their own peak."""
+    """Start a new CUDA peak (the process's peak RSS cannot be reset: measure each row in its own process)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process since the last reset (VmHWM), else since it started (getrusage)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    """Peak resident memory of this process so far, from getrusage (the kernel's high-water mark)."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS, KiB on Linux
 

@@ -119,3 +119,19 @@ def test_cli_generation_with_and_without_cache_is_identical(corpus, tmp_path, ca
                         "--prompt", "The cat sat on the warm mat and the dog ran"]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and len(texts[0]) > 100
+
+
+def test_generation_benchmark_runs_and_checks_the_tokens(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_generate
+
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({"n_layer": 1, "n_head": 2, "n_embd": 32, "pos_encoding": "rope"}))
+    result = bench_generate.main(["--config", str(preset), "--block_size", "16", "--new_tokens", "40",
+                                  "--rounds", "1", "--json", str(tmp_path / "r.json")])
+    assert result["same_tokens"] and result["speedup_best"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["new_tokens"] == 40

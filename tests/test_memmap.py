@@ -17,7 +17,7 @@ from tinyllm import data as D
 from tinyllm.checkpoint import load_checkpoint
 from tinyllm.config import Config
 from tinyllm.errors import UserError
-from tinyllm.tokenizer import CharTokenizer
+from tinyllm.tokenizer import CharTokenizer, split_text
 
 try:
     import tokenizers  # noqa: F401
@@ -193,12 +193,13 @@ def test_resume_is_bit_identical_with_memmap(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_char_encode_array_matches_encode():
-    """The vectorised encoder that both data paths use agrees with the per-character one."""
+def test_char_vectorised_paths_match_the_plain_ones():
+    """The vectorised vocabulary and encoder that both data paths use agree with the per-character ones."""
     rng = random.Random(0)
     text = "".join(chr(rng.choice([rng.randint(32, 126), rng.randint(0x80, 0x7FF), rng.randint(0x1F300, 0x1F64F)]))
                    for _ in range(3000))
     tok = CharTokenizer.from_text(text)
+    assert CharTokenizer.from_chunks(split_text(text, 100)).chars == tok.chars  # the streaming vocabulary
     assert tok.encode_array(text).tolist() == tok.encode(text)
     probe = text[:50] + "\U0010fffd" + "\u0378" + text[50:80]  # one beyond the largest code point, one inside
     with pytest.raises(UserError, match="not in the vocabulary"):

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from tinyllm import config as C
 from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
@@ -70,41 +67,10 @@ def resolve_config(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | N
 
 
 def run_generate(cfg: C.Config, ckpt: dict[str, Any]) -> int:
-    from tinyllm.generate import SamplingParams, generate, load_model, prompt_ids
-    from tinyllm.train import resolve_device
+    # The same code as the `tinyllm-generate` command, so both print the same text for the same settings.
+    from tinyllm.generate_cli import run_generation
 
-    device = resolve_device(cfg.device)
-    model, tokenizer, ckpt = load_model(cfg.out_dir, cfg.ckpt, device, use_ema=cfg.ema)
-    ids = prompt_ids(tokenizer, cfg.prompt, cfg.drop_unknown_chars)
-    if cfg.drop_unknown_chars and cfg.prompt and tokenizer.unknown(cfg.prompt):
-        print(f"warning: dropped prompt characters not in the vocabulary: {tokenizer.unknown(cfg.prompt)}",
-              file=sys.stderr)
-    print(f"loaded {cfg.out_dir}/{CKPT_NAMES[cfg.ckpt]} (step {ckpt['step']}, "
-          f"{model.num_params():,} parameters{', EMA weights' if cfg.ema and 'ema' in ckpt else ''}) on {device}",
-          file=sys.stderr)
-    params = SamplingParams.from_config(cfg)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    t0, n_tokens = time.perf_counter(), 0
-    for i in range(cfg.num_samples):
-        if i:
-            sys.stdout.write("\n\n")
-        sys.stdout.write(cfg.prompt)
-        idx = torch.tensor([ids], dtype=torch.long, device=device)
-        # Decode incrementally so multi-token characters (BPE) print cleanly: emit only the new suffix.
-        new: list[int] = []
-        shown = ""
-        for tok in generate(model, idx, cfg.sample_chars, params, gen):
-            new.append(int(tok))
-            text = tokenizer.decode(new)
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
-            n_tokens += 1
-        sys.stdout.write("\n")
-    sys.stdout.flush()
-    dt = time.perf_counter() - t0
-    print(f"generated {n_tokens} tokens in {dt:.2f} s ({n_tokens / max(dt, 1e-9):,.0f} tokens/s)", file=sys.stderr)
-    return 0
+    return run_generation(cfg, ckpt)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,6 +175,9 @@ class Config:
                                    "instead of stopping with an error.", "generation")
     kv_cache: bool = opt(True, "Cache keys and values during generation: one position per step instead of "
                          "the whole context; the same tokens.", "generation")
+    stop: str = opt("", "Stop a sample where the generated text first contains this string (the string is not "
+                    "printed); several alternatives are separated by |; escapes: \\n newline, \\t tab, \\| bar, "
+                    "\\\\ backslash; empty = off.", "generation")
 
     # system
     device: str = opt("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", "system", invocation=True)
@@ -188,6 +191,8 @@ class Config:
                     invocation=True)
     ddp_backend: str = opt("auto", "Process-group backend: auto (NCCL on Linux with CUDA, else Gloo), nccl or "
                            "gloo.", "system", choices=("auto", "nccl", "gloo"), invocation=True)
+    tensorboard: bool = opt(False, "Also log the metrics as TensorBoard scalars in out_dir/tensorboard (needs the "
+                            "`tensorboard` extra).", "system")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -290,11 +295,14 @@ class _BooleanAction(argparse.BooleanOptionalAction):
             setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field, grouped as in the dataclass. Defaults are SUPPRESSed so that the parsed
-    namespace holds only what the user typed: that is what lets flags override JSON and checkpoints."""
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per field (or per field named in `only`), grouped as in the dataclass. Defaults are SUPPRESSed
+    so that the parsed namespace holds only what the user typed: that is what lets flags override JSON and
+    checkpoints."""
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for name, f in FIELDS.items():
+        if only is not None and name not in only:
+            continue
         meta, kind = f.metadata, _type_of(f)
         text = f"{meta['help']} (default: {f.default!r})".replace("%", "%%")  # argparse %-formats help
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}

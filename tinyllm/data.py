@@ -389,7 +389,7 @@ def _val_bytes(val: TokenFile, tokenizer: Tokenizer) -> int:
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
-    from tinyllm.checkpoint import atomic_write_text
+    from tinyllm.atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
 

@@ -17,6 +17,7 @@ Both paths therefore compute the same logits (up to float rounding) and, greedil
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -141,10 +142,15 @@ def load_model(out_dir: str, which: str = "last", device: str | torch.device = "
     """Model (in eval mode), tokenizer and checkpoint dict from a run folder. The EMA weights are used
     when the checkpoint has them, unless `use_ema` is False."""
     ckpt = load_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
+    return *model_from_checkpoint(ckpt, device, use_ema), ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True):
+    """(model in eval mode, tokenizer) from a checkpoint dict already loaded by load_checkpoint."""
     model = GPT(ModelArgs(**ckpt["model_args"]))
     model.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
     model.to(device).eval()
-    return model, tokenizer_from_json(ckpt["tokenizer"]), ckpt
+    return model, tokenizer_from_json(ckpt["tokenizer"])
 
 
 def prompt_ids(tokenizer, prompt: str, drop_unknown: bool = False) -> list[int]:
@@ -155,11 +161,88 @@ def prompt_ids(tokenizer, prompt: str, drop_unknown: bool = False) -> list[int]:
     return ids
 
 
+# --- stop strings ---------------------------------------------------------------------------------------
+
+_ESCAPES = {"n": "\n", "t": "\t", "|": "|", "\\": "\\"}
+
+
+def parse_stop(spec: str) -> list[str]:
+    """--stop's value -> the stop strings: alternatives separated by |, with the escapes \\n, \\t, \\| and
+    \\\\ (a backslash before any other character is kept as it is). Empty alternatives are dropped."""
+    stops, cur, i = [], [], 0
+    while i < len(spec):
+        c = spec[i]
+        if c == "\\" and i + 1 < len(spec) and spec[i + 1] in _ESCAPES:
+            cur.append(_ESCAPES[spec[i + 1]])
+            i += 2
+            continue
+        if c == "|":
+            stops.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    stops.append("".join(cur))
+    return [s for s in stops if s]
+
+
+class StopScanner:
+    """Finds the first stop string in a growing text, and how much of the text is safe to show before it."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+
+    def cut(self, text: str) -> tuple[int, bool]:
+        """(end, stopped). stopped: a stop string starts at text[end] (the earliest one) and generation ends.
+        Otherwise text[:end] can be shown: the tail after it could still grow into a stop string, so it is
+        held back until it either does or can no longer."""
+        hits = [i for s in self.stops if (i := text.find(s)) >= 0]
+        if hits:
+            return min(hits), True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:k]):
+                    hold = k
+                    break
+        return len(text) - hold, False
+
+
+def stream_text(model: GPT, tokenizer, ids: list[int], max_new_tokens: int, params: SamplingParams,
+                generator: torch.Generator | None = None, stops: list[str] | None = None) -> Iterator[str]:
+    """Yield, once per generated token, the new text that may be shown (often "", e.g. while a BPE character
+    or a possible stop string is incomplete). The pieces joined are the continuation, which ends just before
+    the first stop string: generation stops there, and the stop string itself is not part of it."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    scanner = StopScanner(stops or [])
+    new: list[int] = []
+    shown = 0
+    with contextlib.closing(generate(model, idx, max_new_tokens, params, generator)) as tokens:
+        for i, tok in enumerate(tokens):
+            new.append(int(tok))
+            text = tokenizer.decode(new)
+            end, stopped = scanner.cut(text)
+            if i == max_new_tokens - 1 and not stopped:
+                end = len(text)  # the last token: a held-back tail that never became a stop string is text
+            yield text[shown:end]
+            shown = max(shown, end)
+            if stopped:
+                return
+
+
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, params: SamplingParams,
-                  seed: int | None = None, drop_unknown: bool = False) -> str:
+                  seed: int | None = None, drop_unknown: bool = False, stops: list[str] | None = None) -> str:
     """Prompt + continuation as a string (used for samples during training)."""
     device = next(model.parameters()).device
-    idx = torch.tensor([prompt_ids(tokenizer, prompt, drop_unknown)], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    new = [int(t) for t in torch.cat(list(generate(model, idx, max_new_tokens, params, gen)), 1)[0]]
-    return prompt + tokenizer.decode(new)
+    ids = prompt_ids(tokenizer, prompt, drop_unknown)
+    return prompt + "".join(stream_text(model, tokenizer, ids, max_new_tokens, params, gen, stops))
+
+
+if __name__ == "__main__":
+    # `python -m tinyllm.generate`: the command lives in tinyllm.generate_cli (this module stays importable
+    # by the trainer without argparse and I/O code).
+    from tinyllm.generate_cli import main
+
+    main()

@@ -123,10 +123,10 @@ class CharTokenizer:
     @classmethod
     def from_chunks(cls, chunks: Iterable[str]) -> CharTokenizer:
         """The same vocabulary as from_text("".join(chunks)), holding one chunk at a time."""
-        chars: set[str] = set()
+        seen = np.zeros(0x110000, dtype=bool)  # one flag per code point; sorted order comes for free
         for chunk in chunks:
-            chars.update(chunk)
-        return cls(sorted(chars))
+            seen[np.frombuffer(chunk.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
+        return cls([chr(c) for c in np.flatnonzero(seen)])
 
     @property
     def vocab_size(self) -> int:

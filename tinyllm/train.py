@@ -25,16 +25,17 @@ from typing import Any
 import torch
 
 from tinyllm import checkpoint as ckpt_io
-from tinyllm import distributed
+from tinyllm import distributed, tensorboard
 from tinyllm.config import Config, save_json
 from tinyllm.data import BatchSampler, curriculum_block_size, make_train_sampler, prepare, to_device
 from tinyllm.ema import EMA
 from tinyllm.errors import UserError
-from tinyllm.generate import SamplingParams, generate_text
+from tinyllm.generate import SamplingParams, generate_text, parse_stop
 from tinyllm.losses import training_loss
 from tinyllm.metrics import MetricsWriter
 from tinyllm.model import GPT, ModelArgs
 from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
+from tinyllm.plot import plot_at_end
 from tinyllm.precision import Precision, choose_precision, cpu_description
 from tinyllm.rundir import RunLock, prepare_run_dir
 
@@ -204,6 +205,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist):
         self.cfg, self.dist = cfg, dist
+        self.plot_pending = False
+        if cfg.tensorboard and dist.is_main:
+            tensorboard.require()  # a missing extra is an error before any data is read
         self.device = resolve_device(cfg.device, dist.local_rank)
         self.out = Path(cfg.out_dir)
         # Rank 0 prepares the data first (and writes any cache files); the others read after it.
@@ -250,7 +254,9 @@ class Trainer:
             ckpt_io.atomic_write_text(self.out / "tokenizer.json", self.tokenizer.to_json())
             (self.out / STOP_FILE).unlink(missing_ok=True)
             self.log = RunLog(self.out / "train.log")
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", append=True) if dist.is_main else None
+        tb = tensorboard.TensorBoardWriter(self.out, self.progress.step if resume else None) \
+            if cfg.tensorboard and dist.is_main else None
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", append=True, tensorboard=tb) if dist.is_main else None
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.dist.enabled:
@@ -493,6 +499,7 @@ class Trainer:
         self.write(end)
         if main and end_reason != "error":
             summarize(cfg, p, end_reason, self.log)
+        self.plot_pending = main  # drawn by close(), after the process group is gone (see train())
         return exit_code
 
     def eval_and_keep_best(self) -> None:
@@ -512,6 +519,10 @@ class Trainer:
             self.save("best")
 
     def close(self) -> None:
+        if self.plot_pending:
+            plot_at_end(self.out, self.log)
+        if hasattr(self.sampler, "close"):  # DataLoader workers end with the run, not at garbage collection
+            self.sampler.close()
         self.log.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -527,20 +538,22 @@ def train(cfg: Config, resume: dict[str, Any] | None = None) -> int:
         trainer = Trainer(cfg, resume, dist)
         return trainer.run()
     finally:
+        # The process group goes first: rank 0's own work in close() (the loss plot) must not hold the other
+        # ranks between their last collective and their teardown.
+        distributed.teardown(dist)
         if trainer is not None:
             trainer.close()
-        distributed.teardown(dist)
 
 
 def sample_text(model: GPT, tokenizer, cfg: Config, log: RunLog, seed: int) -> str:
     """A text sample for the log; a bad prompt warns instead of stopping the run."""
-    params = SamplingParams.from_config(cfg)
+    params, stops = SamplingParams.from_config(cfg), parse_stop(cfg.stop)
     try:
-        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed)
+        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed, stops=stops)
     except UserError as e:
         log(f"warning: --prompt: {e}; sampling with those characters dropped")
         return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed,
-                             drop_unknown=True)
+                             drop_unknown=True, stops=stops)
 
 
 def summarize(cfg: Config, p: Progress, reason: str, log: RunLog) -> None:
