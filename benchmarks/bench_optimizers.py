@@ -1,15 +1,16 @@
 """Optimizers and precision on the CPU: val loss after a fixed training-time budget for adamw, lion and muon,
 and fp32 vs --amp tokens/s, on tinyshakespeare (characters).
 
-    python benchmarks/bench_optimizers.py --budget 60 --json out/bench/optimizers.json
+    python benchmarks/bench_optimizers.py --budget 60 --json benchmarks/results/optimizers_cpu.json
     python benchmarks/bench_optimizers.py --budget 5 --tiny      # a smoke run
 
 Every run uses the preset's model and settings (default config/shakespeare_char_cpu.json) and changes only
-the optimizer, with each optimizer's documented learning rates (--lr / --muon_lr / --weight_decay below). The
-schedule is sized to the budget: each optimizer's speed is measured first (a few untimed, then timed steps),
-and max_steps is set to what fits in --budget seconds, so every run warms up, holds and decays as the
-preset intends; --max_time stops it at the budget in any case. The validation loss is then estimated from
-at least --eval_tokens tokens of the held-out text (the same batches for every run).
+the optimizer, with each optimizer's documented rates (OPTIMIZERS below). Each optimizer runs in a fresh
+process, with its schedule sized to the budget: its steady-state speed is measured first on a throwaway
+trainer, and max_steps is set to what fits in 97% of --budget seconds, so every run warms up, holds and
+decays as the preset intends (--max_time, 10% above the budget, only guards against a machine that slows
+down). The validation loss is then estimated from at least --eval_tokens tokens of the held-out text (the
+same batches for every run).
 
 The precision part times tinyllm's train_step in fp32 and with --amp for the same model, interleaved in
 rounds (see bench_throughput.py), with each row's compute dtype: on a CPU without native bf16, --amp trains
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -47,33 +49,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=60.0, help="seconds of training per optimizer")
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--preset", default=str(PRESET))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override preset settings for every run, the optimizers' own rates excepted "
+                        "(e.g. --set n_layer=6 n_embd=192)")
     p.add_argument("--data_path", default=str(common.SHAKESPEARE))
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--eval_tokens", type=int, default=150_000, help="validation tokens per estimate, at least")
-    p.add_argument("--calibrate_steps", type=int, default=10, help="timed steps that size each schedule")
+    p.add_argument("--calibrate_steps", type=int, default=30, help="timed steps that size each schedule")
     p.add_argument("--steps", type=int, default=10, help="precision part: steps per row per round")
     p.add_argument("--rounds", type=int, default=5, help="precision part: rounds")
     p.add_argument("--no-precision", dest="precision", action="store_false", help="skip the fp32 vs --amp part")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--tiny", action="store_true", help="a tiny model, few steps: a smoke run")
     p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one optimizer, in its own process
     a = p.parse_args(argv)
     if a.tiny:
-        a.eval_tokens, a.calibrate_steps, a.steps, a.rounds = 512, 2, 2, 1
+        a.eval_tokens, a.calibrate_steps, a.steps, a.rounds = 512, 3, 2, 1
     return a
 
 
 def base_values(a: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     v = {"data_path": a.data_path, "seed": a.seed, "out_dir": out_dir}
-    return v | (TINY if a.tiny else {})
+    return v | (TINY if a.tiny else {}) | common.parse_sets(a.set)
 
 
 def steps_per_second(cfg: Any, n: int) -> float:
+    """Steady-state speed of a throwaway trainer: n untimed steps (first-touch of memory and kernels), then
+    the median of three timed chunks of n/3 steps."""
     trainer = common.tinyllm_trainer(cfg)
     try:
         run = common.tinyllm_step_runner(trainer)
-        run(max(2, n // 3))  # warm-up: allocation, first-touch of the optimizer state
-        return n / run(n)
+        run(n)
+        chunk = max(1, n // 3)
+        return chunk / statistics.median(run(chunk) for _ in range(3))
     finally:
         trainer.close()
 
@@ -85,8 +94,9 @@ def run_budget(a: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
     values = base_values(a, str(tmp / name)) | OPTIMIZERS[name] | {"eval_interval": 0}
     probe = common.tinyllm_config(values | {"out_dir": str(tmp / f"{name}_probe")}, a.preset)
     rate = steps_per_second(probe, a.calibrate_steps)
-    steps = max(probe.lr_warmup_steps + 2, int(a.budget * rate))
-    cfg = common.tinyllm_config(values | {"max_steps": steps, "max_time": a.budget}, a.preset)
+    # The schedule ends just inside the budget; --max_time (a little above it) only guards a slow machine.
+    steps = max(probe.lr_warmup_steps + 2, int(0.97 * a.budget * rate))
+    cfg = common.tinyllm_config(values | {"max_steps": steps, "max_time": 1.1 * a.budget}, a.preset)
     trainer = common.tinyllm_trainer(cfg)
     try:
         load = common.load_average()
@@ -127,14 +137,20 @@ def precision_rows(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     common.set_threads(a.threads)
+    if a.worker:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = run_budget(a, a.worker, Path(tmp))
+        common.report_to_parent(r)
+        return r
     if not Path(a.data_path).is_file():
         raise SystemExit(f"error: --data_path {a.data_path} not found (tinyshakespeare lives in ../shared/data)")
     m = common.machine(torch.device("cpu"))
     print(f"machine: {common.describe(m)}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run_budget(a, name, Path(tmp)) for name in a.optimizers]
+        results = [common.run_worker(__file__, [*argv, "--worker", name, "--json", ""]) for name in a.optimizers]
         prec = precision_rows(a, Path(tmp)) if a.precision else None
 
     print(f"val loss after {a.budget:.0f} s of training ({Path(a.preset).name}, seed {a.seed}; schedule sized to the "

@@ -1,6 +1,6 @@
 """Training throughput: tinyllm (fp32, --amp) beside a plain eager fp32 PyTorch loop, same model, one run.
 
-    python benchmarks/bench_throughput.py --json out/bench/throughput.json
+    python benchmarks/bench_throughput.py --compile --json benchmarks/results/throughput_cpu.json
     python benchmarks/bench_throughput.py --tiny          # a few seconds: checks that it runs
 
 The model is the same for every row: n_layer 6, n_head 6, n_embd 384, block_size 256, batch_size 16 by
@@ -149,11 +149,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.only:
         memory_probe(a)
         return {}
+    load_start = common.load_average()  # before anything of ours runs
     names = [n for n in ROWS if a.compile or "compile" not in n]
+    # Memory first, each row in its own fresh process, while this one is still small.
+    memory = {n: probe_memory(n, pass_through(a)) for n in names} if a.memory else {}
     with tempfile.TemporaryDirectory() as tmp:
         rows = {n: Row(n, a, Path(tmp)) for n in names}
         device = rows["tinyllm_fp32"].device
-        m = common.machine(device)
+        m = common.machine(device) | {"load_avg": load_start}
         print(f"machine: {common.describe(m)}", flush=True)
         peaks = common.measure_peaks(device, sorted({r.dtype for r in rows.values()} | {"fp32"}), a.matmul_n)
         print("measured matmul peak: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peaks.items()),
@@ -176,9 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = results["baseline_fp32"]["tokens_per_sec"]
     for r in results.values():
         r["vs_baseline"] = r["tokens_per_sec"] / base
-    if a.memory:
-        for n in rows:
-            results[n].update(probe_memory(n, pass_through(a)))
+    for n, mem in memory.items():
+        results[n].update(mem)
 
     headers = ["run", "compute", "ms/step", "tokens/s", "vs baseline", "MFU"] + (["peak RSS MB"] if a.memory else [])
     if a.memory and device.type == "cuda":

@@ -1,6 +1,6 @@
 """Time to a validation loss on tinyshakespeare (characters): tinyllm's CPU recipe beside a baseline baby GPT.
 
-    python benchmarks/bench_time_to_loss.py --json out/bench/time_to_loss.json
+    python benchmarks/bench_time_to_loss.py --seeds 1337 1338 1339 --json benchmarks/results/time_to_loss_cpu.json
     python benchmarks/bench_time_to_loss.py --target 1.88 --time_cap 300 --seeds 1337 1338
 
 The baseline is nanoGPT's CPU "baby GPT" written by hand in benchmarks/baseline.py: 4 layers, 4 heads, 128
@@ -12,8 +12,8 @@ Each run trains until its validation loss is <= --target or --time_cap seconds o
 The clock counts training only: evaluations (and the best-checkpoint saves they trigger in tinyllm) are
 timed and taken out, so how often each side evaluates does not change its time. Both estimate the
 validation loss on the same held-out text (the last 10% of the file) from at least --eval_tokens tokens,
-so a lucky estimate cannot carry either one. Runs go one after the other; the load average is recorded
-before each.
+so a lucky estimate cannot carry either one. Runs go one after the other, each in a fresh process (as a
+user trains); the load average is recorded before each.
 """
 
 from __future__ import annotations
@@ -55,22 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baby", nargs="*", default=[], metavar="KEY=VALUE", help="override baseline settings")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one run, in a process of its own
     return p.parse_args(argv)
-
-
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        for kind in (int, float):
-            try:
-                out[key] = kind(raw)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = {"true": True, "false": False}.get(raw.lower(), raw)
-    return out
 
 
 def eval_iters_for(tokens: int, batch_size: int, block_size: int) -> int:
@@ -80,7 +66,7 @@ def eval_iters_for(tokens: int, batch_size: int, block_size: int) -> int:
 def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, Any]:
     from tinyllm.data import prepare
 
-    hp = BABY | parse_sets(a.baby)
+    hp = BABY | common.parse_sets(a.baby)
     cfg = common.tinyllm_config({"data_path": data_path, "block_size": hp["block_size"], "out_dir": "unused"})
     tokenizer, train_ids, val_ids, _ = prepare(cfg, None)
     torch.manual_seed(seed)
@@ -141,7 +127,7 @@ def run_tinyllm(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, A
 
     with tempfile.TemporaryDirectory() as tmp:
         values = {"data_path": data_path, "seed": seed, "out_dir": tmp, "max_time": a.time_cap * 3 + 60}
-        values |= parse_sets(a.set)
+        values |= common.parse_sets(a.set)
         cfg = common.tinyllm_config(values, a.preset)
         if "eval_iters" not in values:  # the preset's estimate, or a larger one if it is smaller than asked
             iters = max(cfg.eval_iters, eval_iters_for(a.eval_tokens, cfg.batch_size, cfg.block_size))
@@ -164,8 +150,13 @@ def _single():
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     common.set_threads(a.threads)
+    if a.worker:
+        r = (run_baseline if a.worker == "baseline" else run_tinyllm)(a, a.seeds[0], a.data_path)
+        common.report_to_parent(r)
+        return r
     if not Path(a.data_path).is_file():
         raise SystemExit(f"error: --data_path {a.data_path} not found (tinyshakespeare lives in ../shared/data)")
     m = common.machine(torch.device("cpu"))
@@ -175,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in a.runs:
             load = common.load_average()
             print(f"{name}, seed {seed} (load average {load[0] if load else '?'}):", flush=True)
-            r = (run_baseline if name == "baseline" else run_tinyllm)(a, seed, a.data_path)
+            r = common.run_worker(__file__, [*argv, "--worker", name, "--seeds", seed, "--json", ""])
             runs.append({"run": name, "seed": seed, "load_avg_before": load} | r)
 
     rows = []

@@ -147,7 +147,15 @@ def reset_peak_memory(device: torch.device) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, from getrusage (the kernel's high-water mark)."""
+    """Peak resident memory of this process so far: the kernel's high-water mark of its address space
+    (VmHWM), else getrusage. (On Linux, getrusage's ru_maxrss of a child started by fork + exec also counts
+    the parent's resident set at the fork, so a probe started by a large process would report the parent.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024  # bytes on macOS, KiB on Linux
 
@@ -202,6 +210,22 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs (numbers, true/false, else strings) into a dict of config overrides."""
+    out = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        for kind in (int, float):
+            try:
+                out[key] = kind(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
+
+
 # --- tinyllm runs ---------------------------------------------------------------------------------------
 
 def tinyllm_config(values: dict[str, Any], preset: str | Path | None = None) -> Any:
@@ -236,3 +260,32 @@ def tinyllm_step_runner(trainer: Any) -> Callable[[int], float]:
         return time.perf_counter() - t0
 
     return run
+
+
+# --- one run per process --------------------------------------------------------------------------------
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+def run_worker(script: str | Path, argv: Sequence[str]) -> dict[str, Any]:
+    """Run `script argv` in a fresh Python process, echoing its output, and return the JSON it prints after
+    RESULT_TAG. A training run measured after another one in the same process was up to 20% slower here
+    (allocator and kernel-cache state), and a user trains one run per process, so each run gets its own."""
+    import subprocess
+
+    cmd = [sys.executable, str(script), *map(str, argv)]
+    result = None
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(RESULT_TAG):
+                result = json.loads(line[len(RESULT_TAG):])
+            else:
+                print(line, end="", flush=True)
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"benchmark worker failed (exit status {proc.returncode}): {' '.join(cmd)}")
+    return result
+
+
+def report_to_parent(result: dict[str, Any]) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)
