@@ -40,6 +40,8 @@ def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
         (["--data_path", d / "short.txt"], "needs at least 33"),
         (["--n_embd", "30", "--n_head", "4"], "divisible by --n_head"),
         (["--batch_size", "0"], "--batch_size must be at least 1"),
+        (["--max_steps", "0"], "give --max_time"),
+        (["--max_steps", "0", "--max_time", "60", "--lr_decay_steps", "50"], "leave them at 0, or give --max_steps"),
         (["--device", "cuda:7"], "--device"),
         (["--device", "tpu"], "--device"),
     ]

@@ -56,6 +56,38 @@ def test_decay_steps_before_max_steps():
     assert get_lr(49, cfg) == pytest.approx(0.1) and get_lr(80, cfg) == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "constant"])
+def test_time_budgeted_schedule_follows_the_clock(kind):
+    cfg = sched(lr_schedule=kind, max_steps=0, max_time=100.0)
+    assert get_lr(0, cfg, elapsed=50.0) == pytest.approx(0.1)  # the warmup still counts steps
+    at = {t: get_lr(1000, cfg, elapsed=t) for t in (0.0, 50.0, 79.0, 90.0, 100.0, 250.0)}
+    if kind == "constant":
+        assert set(at.values()) == {1.0}
+        return
+    assert at[0.0] == pytest.approx(1.0) and at[100.0] == pytest.approx(0.1) and at[250.0] == pytest.approx(0.1)
+    expected_90 = {"cosine": 0.1 + 0.45 * (1 + math.cos(0.9 * math.pi)), "linear": 0.19, "wsd": 0.55}[kind]
+    assert at[90.0] == pytest.approx(expected_90)
+    assert at[79.0] == (1.0 if kind == "wsd" else pytest.approx(0.1 + 0.9 * (0.21 if kind == "linear" else
+                                                                             0.5 * (1 + math.cos(0.79 * math.pi)))))
+
+
+def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(corpus, out, "--max_steps", "0", "--max_time", "1.5", "--lr_warmup_steps", "2",
+                 "--lr_schedule", "wsd", "--lr", "1e-2", "--lr_min", "1e-4", "--eval_interval", "100000",
+                 "--log_interval", "1") == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows[-1] == rows[-1] | {"event": "end", "reason": "max_time"}
+    assert "val_loss" in rows[-2]  # the end of the budget is the last step: it is evaluated
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert max(lrs) == pytest.approx(1e-2) and lrs[-1] < 2e-3  # held, then decayed by the end
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["time_s"] >= 1.5
+    assert "--resume" not in capsys.readouterr().err.split("done (max_time)")[-1]  # nothing left to continue
+    assert run_cli(["--out_dir", out, "--resume", "--no-progress"]) == 0
+    assert load_checkpoint(out / "ckpt.pt")["step"] == ckpt["step"]  # a finished budget trains no further
+
+
 def tiny_model(seed=0, **kw):
     torch.manual_seed(seed)
     return GPT(ModelArgs(**({"vocab_size": 13, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8} | kw)))

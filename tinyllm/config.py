@@ -100,9 +100,10 @@ class Config:
 
     # training
     batch_size: int = opt(32, "Sequences per optimizer step.", "training", min=1)
-    max_steps: int = opt(1200, "Optimizer steps to train for (the run's total, across resumes).", "training",
-                         min=1)
-    max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of training; 0 = no limit.",
+    max_steps: int = opt(1200, "Optimizer steps to train for (the run's total, across resumes); 0 = train for "
+                         "--max_time seconds, with the schedule laid over that time.", "training", min=0)
+    max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of training in this session; "
+                          "0 = no limit. With --max_steps 0: the run's whole length, across resumes.",
                           "training", min=0.0)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
                            "training", min=0.0)
@@ -243,6 +244,12 @@ def validate(cfg: Config) -> Config:
     if cfg.pos_encoding == "rope" and (cfg.n_embd // cfg.n_head) % 2:
         raise UserError(f"--pos_encoding rope needs an even head size, but n_embd / n_head = "
                         f"{cfg.n_embd // cfg.n_head}; change --n_embd or --n_head")
+    if cfg.max_steps == 0 and cfg.max_time <= 0:
+        raise UserError("--max_steps 0 trains for --max_time seconds: give --max_time (e.g. --max_time 300) "
+                        "or a number of steps")
+    if cfg.max_steps == 0 and (cfg.lr_decay_steps or cfg.lr_stable_steps):
+        raise UserError("--lr_decay_steps and --lr_stable_steps count steps, but --max_steps 0 lays the schedule "
+                        "over --max_time: leave them at 0, or give --max_steps")
     if cfg.lr_min > cfg.lr:
         raise UserError(f"--lr_min ({cfg.lr_min}) must not exceed --lr ({cfg.lr})")
     if cfg.curriculum and cfg.curriculum_start_block_size > cfg.block_size:

@@ -1,8 +1,11 @@
 """Optimizer factory and learning-rate schedules.
 
 The learning rate is a pure function of the step (as nanoGPT's get_lr), so there is no scheduler state
-to save and resume is exact by construction. Each param group keeps its own base lr (Muon's matrices use
---muon_lr, everything else --lr); the schedule scales all of them by the same factor.
+to save and resume is exact by construction. The one exception is a time-budgeted run (--max_steps 0):
+after the warmup its schedule follows the fraction of --max_time spent, which no step count can know
+in advance (such a run is not reproducible to the bit in any case: where it stops depends on the clock).
+Each param group keeps its own base lr (Muon's matrices use --muon_lr, everything else --lr); the
+schedule scales all of them by the same factor.
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from tinyllm.errors import UserError
 from tinyllm.model import param_groups
 
 
-def lr_factor(step: int, cfg: Any) -> float:
+def lr_factor(step: int, cfg: Any, elapsed: float = 0.0) -> float:
     """Multiplier of the base lr at the 0-based optimizer step `step`.
 
     Warmup: step s < W uses (s+1)/W, so the last warmup step is at the full lr. Then, by --lr_schedule:
     constant stays at 1; cosine and linear decay from 1 at step W to lr_min/lr at the last step before
     --lr_decay_steps (default max_steps); wsd stays at 1 until --lr_stable_steps after the warmup (default:
     80% of the decay end), then decays linearly to lr_min/lr at the same last step. After it: lr_min/lr.
+    With --max_steps 0 the same shapes are laid over time: progress is `elapsed` / --max_time (wsd decays
+    over the last 20% of the time).
     """
     warmup = cfg.lr_warmup_steps
     floor = cfg.lr_min / cfg.lr
@@ -30,6 +35,8 @@ def lr_factor(step: int, cfg: Any) -> float:
         return (step + 1) / warmup
     if cfg.lr_schedule == "constant":
         return 1.0
+    if cfg.max_steps == 0:
+        return _time_factor(min(1.0, elapsed / cfg.max_time), cfg.lr_schedule, floor)
     last = (cfg.lr_decay_steps or cfg.max_steps) - 1
     start = warmup
     if cfg.lr_schedule == "wsd":
@@ -44,9 +51,21 @@ def lr_factor(step: int, cfg: Any) -> float:
     return floor + (1.0 - floor) * (1.0 - progress)  # linear, and wsd's decay
 
 
-def get_lr(step: int, cfg: Any) -> float:
-    """The learning rate of the main (--lr) parameter groups at `step`."""
-    return cfg.lr * lr_factor(step, cfg)
+def _time_factor(done: float, schedule: str, floor: float) -> float:
+    """lr factor after the warmup of a time-budgeted run, `done` being the fraction of the time spent."""
+    if schedule == "wsd":
+        if done < 0.8:
+            return 1.0
+        done = (done - 0.8) / 0.2
+    if schedule == "cosine":
+        return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * done))
+    return floor + (1.0 - floor) * (1.0 - done)  # linear, and wsd's decay
+
+
+def get_lr(step: int, cfg: Any, elapsed: float = 0.0) -> float:
+    """The learning rate of the main (--lr) parameter groups at `step` (`elapsed`: seconds of training so
+    far, used only by a time-budgeted run)."""
+    return cfg.lr * lr_factor(step, cfg, elapsed)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> torch.optim.Optimizer:

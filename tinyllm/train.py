@@ -327,7 +327,7 @@ class Trainer:
         """Forward, backward and (if everything is finite) the optimizer step. Returns (ce, z, grad norm,
         finite)."""
         cfg = self.cfg
-        set_lr(self.optimizer, lr_factor(self.progress.step, cfg))
+        set_lr(self.optimizer, lr_factor(self.progress.step, cfg, self.progress.time_s))
         self.model.set_layerdrop_step(cfg.seed, self.progress.step)  # blocks skipped: a function of (seed, step)
         batches = []
         for _ in range(cfg.grad_accum_steps):
@@ -379,7 +379,8 @@ class Trainer:
                  f"batch {cfg.batch_size} x {cfg.grad_accum_steps} accum x {d.world_size} process"
                  f"{'es' if d.world_size > 1 else ''} = {effective} sequences of {cfg.block_size} tokens")
         if self.progress.step:
-            self.log(f"resuming from step {self.progress.step} of {cfg.max_steps}")
+            self.log(f"resuming from step {self.progress.step} of {cfg.max_steps}" if cfg.max_steps else
+                     f"resuming after {self.progress.time_s:.0f} s of {cfg.max_time:.0f} s")
 
     def write(self, row: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -398,9 +399,13 @@ class Trainer:
         if cfg.progress and main:
             from tqdm import tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=p.step, file=sys.stderr, unit="step", dynamic_ncols=True,
+            bar = tqdm(total=cfg.max_steps or None, initial=p.step, file=sys.stderr, unit="step", dynamic_ncols=True,
                        smoothing=0.1)
             self.log.bar = bar
+
+        # --max_steps 0: --max_time is the run's length across resumes, so its end gets the final eval and
+        # sample that a last step gets; otherwise --max_time only ends this session.
+        budgeted = cfg.max_steps == 0
 
         def due(interval: int) -> bool:
             return interval > 0 and p.step % interval == 0
@@ -408,7 +413,7 @@ class Trainer:
         self.model.train()
         try:
             with StopFlag() as stop:
-                while p.step < cfg.max_steps:
+                while p.time_s < cfg.max_time if budgeted else p.step < cfg.max_steps:
                     t = self.block_size_now()
                     ce, z, norm, finite = self.train_step(t)
                     if not finite:
@@ -428,15 +433,19 @@ class Trainer:
                             sums["z_loss"] += z
                         count += 1
                         grad_norm = norm if norm is not None else grad_norm
+                    lr_time = p.time_s  # what the step's lr was computed from
                     p.step += 1
                     p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
                     p.time_s = time_before + time.perf_counter() - t_session
                     last = p.step == cfg.max_steps
+                    if budgeted:
+                        (last,) = self.dist.any_true(p.time_s >= cfg.max_time)
 
                     if due(cfg.log_interval) or last:
                         now = time.perf_counter()
                         tok_s = (p.tokens_seen - tokens_last_log) / max(now - t_last_log, 1e-9)
-                        row: dict[str, Any] = {"lr": get_lr(p.step - 1, cfg), "tokens_per_sec": round(tok_s, 1)}
+                        row: dict[str, Any] = {"lr": get_lr(p.step - 1, cfg, lr_time),
+                                               "tokens_per_sec": round(tok_s, 1)}
                         if count:
                             row["loss"] = (sums["loss"] / count).item()
                             if cfg.z_loss:
@@ -475,6 +484,9 @@ class Trainer:
                         exit_code = EXIT_CODES.get(stop.signum, 143 if signalled else 0)
                         if stop_file:
                             (self.out / STOP_FILE).unlink(missing_ok=True)
+                        break
+                    if budgeted and last:
+                        end_reason = "max_time"
                         break
                     if out_of_time:
                         end_reason = "max_time"
@@ -560,14 +572,15 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog) -> None:
     out = Path(cfg.out_dir)
     best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else "n/a (eval disabled)"
     lines = [
-        f"done ({reason}) at step {p.step}/{cfg.max_steps}: best val loss {best}, "
+        f"done ({reason}) at step {p.step}" + (f"/{cfg.max_steps}" if cfg.max_steps else "")
+        + f": best val loss {best}, "
         f"{p.time_s:.1f} s of training, {p.tokens_seen:,} tokens seen"
         + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
         f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
                                              else ""),
         f"sample: python train_tinyllm.py --out_dir {out} --generate_only --prompt \"The \" --sample_chars 300",
     ]
-    if reason in ("interrupted", "max_time"):
+    if reason == "interrupted" or (reason == "max_time" and cfg.max_steps):  # a time-budgeted run is complete
         lines.append(f"continue: python train_tinyllm.py --out_dir {out} --resume")
     for line in lines:
         log(line)
