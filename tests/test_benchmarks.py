@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import baseline  # noqa: E402
+import bench_muon  # noqa: E402
 import bench_optimizers  # noqa: E402
 import bench_throughput  # noqa: E402
 import bench_time_to_loss  # noqa: E402
@@ -123,3 +124,28 @@ def test_optimizers_smoke(tmp_path: Path, corpus: Path):
     for r in res["runs"]:
         assert 0 < r["steps"] <= r["planned_steps"] and r["train_s"] < 5 and 0 < r["val_loss"] < 10
     assert res["precision"]["fp32"]["compute"] == "fp32" and res["precision"]["amp_vs_fp32"] > 0
+
+
+def test_muon_smoke(tmp_path: Path):
+    out = tmp_path / "muon.json"
+    res = bench_muon.main(["--tiny", "--threads", "1", "--json", str(out)])
+    (size,) = res["sizes"].values()
+    assert size["matrices"] == 2 * 4 and size["params"] == 2 * (32 * 96 + 32 * 32 + 2 * 32 * 128)
+    assert {"tinyllm Muon (fp32, batched)", "tinyllm Muon (bf16, batched)"} <= set(size["ms_per_step"])
+    assert all(v > 0 for v in size["ms_per_step"].values())
+    assert json.loads(out.read_text())["tinyllm_choice"] in ("fp32", "bf16")
+
+
+def test_muon_ns_dtype_override_is_used():
+    """The benchmark's fp32 and bf16 rows differ only by Muon's ns_dtype: it must reach the iterations."""
+    from tinyllm.optimizers import Muon
+
+    def step(dtype):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(24, 16))
+        w.grad = torch.randn(24, 16)
+        Muon([{"params": [w], "use_muon": True, "lr": 0.1}], ns_dtype=dtype).step()
+        return w.detach().clone()
+
+    a, b = step(torch.float32), step(torch.bfloat16)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)

@@ -330,3 +330,23 @@ def test_layerdrop_training_resumes_bit_identically(corpus, tmp_path):
                     "--layerdrop", "0"]) == 0
     c = load_checkpoint(no_drop / "ckpt.pt")
     assert not torch.equal(a["model"]["blocks.0.mlp.fc.weight"], c["model"]["blocks.0.mlp.fc.weight"])
+
+
+def test_qk_norm_under_bf16_autocast_uses_the_fused_kernel():
+    """q and k reach their RMSNorm in bf16 under autocast; a gain left in fp32 sends torch to its slow path,
+    with a warning at every run."""
+    import warnings
+
+    model = GPT(ModelArgs(vocab_size=13, n_layer=1, n_head=2, n_embd=16, block_size=8, norm="rmsnorm",
+                          qk_norm=True))
+    x = torch.randint(0, 13, (2, 8))
+    torch.set_warn_always(True)  # the warning is a once-per-process one: make it fire here too
+    try:
+        with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", torch.bfloat16):
+            warnings.simplefilter("always")
+            logits, _ = model(x)
+    finally:
+        torch.set_warn_always(False)
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
+    ref, _ = model(x)  # fp32: the cast changes nothing there
+    assert torch.allclose(logits.float(), ref, atol=0.1)

@@ -101,9 +101,17 @@ class ModelArgs:
 
 # --- norms ----------------------------------------------------------------------------------------------
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm in its input's dtype. Under autocast q and k arrive in bf16 while the gain stays fp32, and
+    torch's fused kernel needs the two to match (otherwise a slower path and a warning at every run)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 NORMS: dict[str, Callable[[int, bool], nn.Module]] = {
     "layernorm": lambda dim, bias: nn.LayerNorm(dim, bias=bias),
-    "rmsnorm": lambda dim, bias: nn.RMSNorm(dim, eps=1e-5),  # has no bias by definition
+    "rmsnorm": lambda dim, bias: RMSNorm(dim, eps=1e-5),  # has no bias by definition
 }
 
 
@@ -261,8 +269,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(a.n_embd, a.n_embd, bias=a.bias)
         self.proj.is_residual_out = True
         # q/k norm: RMS over each head's vector, with a learned gain (OLMo 2, Qwen 3 style).
-        self.q_norm = nn.RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
         groups = self.n_head // self.n_kv_head
         self.expand_kv = partial(torch.repeat_interleave, repeats=groups, dim=1) if groups > 1 else _same
         self.dropout = a.dropout

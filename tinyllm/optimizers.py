@@ -88,10 +88,13 @@ class Muon(torch.optim.Optimizer):
     """Groups with `use_muon=True` get Muon; the others get AdamW (decoupled weight decay)."""
 
     def __init__(self, param_groups: list[dict], lr: float = 0.02, momentum: float = 0.95,
-                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, ns_steps: int = 5):
+                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, ns_steps: int = 5,
+                 ns_dtype: torch.dtype | None = None):
+        """ns_dtype: the Newton-Schulz iterations' dtype; None = the fast one for the device (ns_dtype())."""
         defaults = {"lr": lr, "momentum": momentum, "betas": betas, "eps": eps, "weight_decay": 0.0,
                     "use_muon": False, "ns_steps": ns_steps}
         super().__init__(param_groups, defaults)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -119,7 +122,7 @@ class Muon(torch.optim.Optimizer):
             grads = [p.grad for p in ps]
             torch._foreach_lerp_(bufs, grads, 1 - mu)  # buf = mu*buf + (1-mu)*g
             nesterov = torch.stack([torch.lerp(g, b, mu) for g, b in zip(grads, bufs, strict=True)])
-            update = newton_schulz(nesterov, group["ns_steps"], ns_dtype(device))
+            update = newton_schulz(nesterov, group["ns_steps"], self.ns_dtype or ns_dtype(device))
             # Orthogonal updates have unit singular values; scale tall matrices up so the per-element step
             # size does not shrink with the aspect ratio.
             scale = max(1.0, shape[0] / shape[1]) ** 0.5

@@ -476,7 +476,9 @@ class Trainer:
                         self.save("last")
 
                     stop_file = main and (self.out / STOP_FILE).exists()
-                    out_of_time = cfg.max_time > 0 and time.perf_counter() - t_session >= cfg.max_time
+                    # (A time-budgeted run ends at its `last` step above, evaluated, never half-way here.)
+                    out_of_time = (cfg.max_time > 0 and not budgeted
+                                   and time.perf_counter() - t_session >= cfg.max_time)
                     signalled, stop_file, out_of_time = self.dist.any_true(stop.signum is not None, stop_file,
                                                                             out_of_time)
                     if signalled or stop_file:
