@@ -159,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return r
     if not Path(a.data_path).is_file():
         raise SystemExit(f"error: --data_path {a.data_path} not found (tinyshakespeare lives in ../shared/data)")
-    m = common.machine(torch.device("cpu"))
+    from tinyllm.train import resolve_device
+
+    # the device tinyllm's runs use (the preset's, "auto" = a GPU where there is one); the baseline runs on the CPU
+    tinyllm_cfg = common.tinyllm_config({"data_path": a.data_path, "out_dir": "unused"} | common.parse_sets(a.set),
+                                        a.preset)
+    m = common.machine(resolve_device(tinyllm_cfg.device))
     print(f"machine: {common.describe(m)}", flush=True)
     runs: list[dict[str, Any]] = []
     for seed in a.seeds:

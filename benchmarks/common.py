@@ -248,14 +248,19 @@ def tinyllm_trainer(cfg: Any) -> Any:
 
 def tinyllm_step_runner(trainer: Any) -> Callable[[int], float]:
     """runner(n): n optimizer steps of tinyllm's own train_step (forward, backward, clip, finite check,
-    optimizer), with the step counter advanced as the training loop does; returns their wall time."""
+    optimizer), with the step counter advanced and each step's finite flag read back one step later, as the
+    training loop does; returns their wall time."""
     t = trainer.cfg.block_size
 
     def run(n: int) -> float:
         t0 = time.perf_counter()
+        previous = True
         for _ in range(n):
-            trainer.train_step(t)
+            finite = trainer.train_step(t)[3]
+            bool(previous)
+            previous = finite
             trainer.progress.step += 1
+        bool(previous)
         sync(trainer.device)
         return time.perf_counter() - t0
 

@@ -2,9 +2,11 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from re import escape as re_escape
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import REPO, TINY, run_cli
 
+from tinyllm import distributed
 from tinyllm.checkpoint import load_checkpoint
 from tinyllm.config import Config
 from tinyllm.metrics import read_metrics
@@ -76,7 +79,7 @@ def test_sigterm_stops_every_rank_with_one_checkpoint(corpus, tmp_path):
 
 
 def _ddp_worker(rank, world, init_file, x, y, result_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = GPT(ModelArgs(vocab_size=13, n_layer=2, n_head=2, n_embd=16, block_size=8))
@@ -92,6 +95,7 @@ def _ddp_worker(rank, world, init_file, x, y, result_file):
     opt.step()
     if rank == 0:
         torch.save(model.state_dict(), result_file)
+    del ddp  # its reducer holds the group: freed first, so that the group and its threads go here
     dist.destroy_process_group()
 
 
@@ -129,3 +133,65 @@ def test_nccl_smoke(corpus, tmp_path):
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "(nccl)" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("device, backend, local_rank, expect", [
+    ("cpu", "auto", 1, "gloo"),  # CPU ranks on a machine that also has a GPU leave it alone
+    ("auto", "auto", 0, "nccl"),
+    ("cuda", "gloo", 0, "gloo"),
+    ("auto", "auto", 1, "more processes on this machine than it has GPUs (1)"),
+    ("cpu", "nccl", 0, "--ddp_backend nccl needs CUDA GPUs (--device cpu"),
+])
+def test_backend_and_gpu_follow_the_device(monkeypatch, device, backend, local_rank, expect):
+    from tinyllm.errors import UserError
+
+    env = {"RANK": str(local_rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(distributed.sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # one GPU on this (pretend) machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    gpus, groups = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", gpus.append)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend: groups.append(backend))
+    if expect in ("gloo", "nccl"):
+        d = distributed.setup(True, backend, device)
+        assert d.backend == expect and groups == [expect]
+        assert gpus == ([] if device == "cpu" else [local_rank])
+    else:
+        with pytest.raises(UserError, match=re_escape(expect)):
+            distributed.setup(True, backend, device)
+        assert groups == [] and gpus == []
+
+
+TEARDOWN_PROBE = """
+import sys
+from pathlib import Path
+
+from tinyllm.cli import main
+
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code, e.code
+print("THREADS", sorted(Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc (Linux)")
+def test_a_ddp_run_leaves_no_gloo_threads_behind(corpus, tmp_path):
+    # Gloo threads that outlive the run are killed mid-way at interpreter exit: SIGABRT ("terminate called
+    # without an active exception") on a rank that had finished cleanly.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = ENV | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
+    args = ["--data_path", corpus, "--out_dir", tmp_path / "run", *TINY, "--max_steps", "3", "--eval_interval", "0",
+            "--ddp", "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, *map(str, args)], env=env, capture_output=True,
+                       text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    threads = next(line for line in r.stdout.splitlines() if line.startswith("THREADS"))
+    assert "gloo" not in threads, threads

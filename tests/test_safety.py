@@ -108,6 +108,61 @@ def test_skip_nonfinite_skips_and_counts(corpus, tmp_path, monkeypatch, capsys):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+
+def test_nonfinite_between_log_rows_is_caught_before_the_next_save(corpus, tmp_path, monkeypatch, capsys):
+    # steps 6-9 are no boundary: step 7's verdict is read back a step later, never after a save
+    out = tmp_path / "run"
+    nan_on_call(monkeypatch, 7)
+    assert train(corpus, out, "--log_interval", "5", "--checkpoint_interval", "5") == 1
+    assert "non-finite loss or gradient at step 7" in capsys.readouterr().err
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 5
+
+
+def test_skipped_step_between_log_rows_leaves_no_trace_in_the_optimizer(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    nan_on_call(monkeypatch, 7)
+    assert train(corpus, out, "--skip_nonfinite", "--max_steps", "12", "--log_interval", "5",
+                 "--checkpoint_interval", "0", "--ema") == 0
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert [(r["step"], r.get("skipped_since_last_row")) for r in rows] == [(5, None), (10, 1), (12, 0)]
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["skipped_steps"] == 1
+    assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {11.0}  # 12 steps, 1 skipped
+    for weights in (ckpt["model"], ckpt["ema"]):
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_fused_adamw_skips_a_nonfinite_step_on_the_device(corpus, tmp_path, monkeypatch):
+    from tinyllm import config as C
+    from tinyllm import distributed
+
+    cfg = C.validate(C.from_dict({"data_path": str(corpus), "out_dir": str(tmp_path / "run"), "n_layer": 1,
+                                  "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "ema": True,
+                                  "device": "cpu", "progress": False}))
+    trainer = train_mod.Trainer(cfg, None, distributed.setup(False, "auto"))
+    try:
+        assert trainer.skips_on_device  # torch's fused AdamW, one process, no loss scaling
+        trainer.train_step(16)
+
+        def snapshot():
+            opt = trainer.optimizer.state_dict()["state"]
+            return ([v.clone() for v in trainer.model.state_dict().values()],
+                    [v.clone() for s in opt.values() for v in s.values()],
+                    [v.clone() for v in trainer.ema.state_dict().values()])
+
+        before = snapshot()
+        nan_on_call(monkeypatch, 1)
+        finite = trainer.train_step(16)[3]
+        assert isinstance(finite, torch.Tensor) and not bool(finite)  # a verdict left on the device
+        for old, new in zip(before, snapshot(), strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(old, new, strict=True))
+        monkeypatch.undo()
+        assert bool(trainer.train_step(16)[3])
+        assert not torch.equal(before[0][0], trainer.model.state_dict()[next(iter(trainer.model.state_dict()))])
+    finally:
+        trainer.close()
+
+
 def test_failed_save_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     real = ckpt_io.atomic_write_bytes

@@ -232,6 +232,35 @@ def test_fp16_scaler_path_on_cuda(monkeypatch):
     assert prec.scaler.get_scale() > 0
 
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp16_run_keeps_scaler_state_across_resume(corpus, tmp_path, monkeypatch, capsys):
+    # a GPU without bf16 (pre-Ampere): fp16 autocast with loss scaling, the scaler saved and restored
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    out = tmp_path / "run"
+    assert train(corpus, out, "--device", "cuda", "--amp", "--max_steps", "10", "--eval_interval", "5") == 0
+    printed = capsys.readouterr()
+    assert "fp16 autocast (fp32 master weights) with loss scaling" in printed.out + printed.err
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["scaler"]["scale"] > 0 and ckpt["model"]["head.weight"].dtype == torch.float32
+    assert run_cli(["--out_dir", out, "--resume", "--max_steps", "15", "--no-progress"]) == 0
+    resumed = load_checkpoint(out / "ckpt.pt")
+    assert resumed["step"] == 15 and "scaler" in resumed
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inductor_on_cuda_matches_eager(corpus, tmp_path):
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--compile_backend", "inductor"])):
+        assert train(corpus, tmp_path / name, "--device", "cuda", "--max_steps", "10", "--eval_interval", "0",
+                     *extra) == 0
+        runs[name] = [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+        assert "--compile (inductor) failed" not in (tmp_path / name / "train.log").read_text()
+    assert runs["compiled"] == pytest.approx(runs["eager"], abs=2e-3)
+
+
 def train(corpus, out, *extra):
     return run_cli(["--data_path", corpus, "--out_dir", out, *TINY, *extra])
 

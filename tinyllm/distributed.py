@@ -7,6 +7,7 @@ Without --ddp everything here is a no-op for a single process.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -64,24 +65,45 @@ class Dist:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
 
-def setup(enabled: bool, backend: str) -> Dist:
+def setup(enabled: bool, backend: str, device: str = "auto") -> Dist:
+    """The process group for a torchrun launch (`device` is --device: the ranks train on GPUs only where it
+    is cuda, or auto on a machine with CUDA)."""
     if not enabled:
         return Dist()
     missing = [v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise UserError(f"--ddp needs the environment that torchrun sets ({', '.join(missing)} missing); launch "
                         f"with: {TORCHRUN_HINT}")
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() and sys.platform.startswith("linux") else "gloo"
-    if backend == "nccl" and not torch.cuda.is_available():
-        raise UserError("--ddp_backend nccl needs CUDA GPUs; use --ddp_backend gloo (or auto) on CPUs")
+        backend = "nccl" if on_gpu and sys.platform.startswith("linux") else "gloo"
+    if backend == "nccl" and not on_gpu:
+        raise UserError(f"--ddp_backend nccl needs CUDA GPUs (--device {device} trains without one); use "
+                        "--ddp_backend gloo (or auto) on CPUs")
     d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), True, backend)
-    if backend == "nccl":
+    if on_gpu:
+        gpus = torch.cuda.device_count()
+        if d.local_rank >= gpus:
+            raise UserError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): use "
+                            f"--nproc_per_node={gpus} or fewer, or --device cpu")
         torch.cuda.set_device(d.local_rank)
-    dist.init_process_group(backend=backend)
+    init_process_group(backend)
     return d
 
 
+def init_process_group(backend: str, **kwargs: Any) -> None:
+    """torch's init_process_group, made safe to tear down."""
+    # This module's functions take `group=group.WORLD` as a default argument, bound at import. Imported after
+    # init (DDP pulls it in through torch._dynamo) they would keep the default group alive for good, so
+    # teardown() could never free it: Gloo's worker threads would outlive it and abort the process at exit.
+    importlib.import_module("torch.distributed.nn.functional")
+    dist.init_process_group(backend=backend, **kwargs)
+
+
 def teardown(d: Dist) -> None:
+    """Free the process group and join its backend's threads. Drop any DDP wrapper first: the group must be
+    freed here, with the GIL released, while a Gloo worker may still be letting go of the last collective's
+    tensors (which needs the GIL); freed later it is joined holding the GIL, or not before interpreter
+    shutdown, which kills such a worker mid-way ("terminate called without an active exception")."""
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -23,8 +23,15 @@ class EMA:
         self._src_buffers = list(model.buffers())
 
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self._ema, self._src, 1.0 - self.decay)
+    def update(self, finite: torch.Tensor | None = None) -> None:
+        """One EMA step; `finite` (a 0-dim bool tensor on the device) makes it a no-op where the optimizer
+        skipped a non-finite step on the device, without reading the flag back."""
+        if finite is None:
+            torch._foreach_lerp_(self._ema, self._src, 1.0 - self.decay)
+        else:
+            weight = finite.float() * (1.0 - self.decay)
+            for e, s in zip(self._ema, self._src, strict=True):
+                e.lerp_(s, weight)
         for e, s in zip(self._ema_buffers, self._src_buffers, strict=True):
             e.copy_(s)
 

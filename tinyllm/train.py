@@ -238,6 +238,10 @@ class Trainer:
         self.args = ModelArgs.from_config(cfg, self.tokenizer.vocab_size)
         self.model = GPT(self.args).to(self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
+        # One process with torch's fused AdamW and no loss scaling: non-finite steps can be skipped on the
+        # device (see train_step), which removes the per-step host sync. DDP needs every rank's verdict.
+        self.skips_on_device = (getattr(self.optimizer, "_step_supports_amp_scaling", False)
+                                and self.precision.scaler is None and not dist.enabled)
         self.fwd_model = self._wrap(compile_model(self.model, cfg.compile_backend) if cfg.compile else self.model)
         # Different data on every rank: the sampler's seed is offset by the rank.
         self.sampler = make_train_sampler(train_ids, cfg, cfg.seed + dist.rank, self.device)
@@ -323,9 +327,10 @@ class Trainer:
         return curriculum_block_size(self.progress.step, cfg.curriculum_start_block_size, cfg.block_size,
                                      cfg.curriculum_steps)
 
-    def train_step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
+    def train_step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool | torch.Tensor]:
         """Forward, backward and (if everything is finite) the optimizer step. Returns (ce, z, grad norm,
-        finite)."""
+        finite); `finite` is a bool, or a 0-dim bool tensor still on the device when the step was skipped
+        (or not) on the device itself (`skips_on_device`): `bool(finite)` reads it back."""
         cfg = self.cfg
         set_lr(self.optimizer, lr_factor(self.progress.step, cfg, self.progress.time_s))
         self.model.set_layerdrop_step(cfg.seed, self.progress.step)  # blocks skipped: a function of (seed, step)
@@ -349,9 +354,20 @@ class Trainer:
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        # The one per-step read-back: a NaN/inf must never reach the weights. (Under fp16 loss scaling,
-        # inf gradients are the scaler's business: it skips those steps itself.)
+        # A NaN/inf must never reach the weights. (Under fp16 loss scaling, inf gradients are the scaler's
+        # business: it skips those steps itself.)
         bad = ce if grad_norm is None or scaler is not None else ce + grad_norm
+        if self.skips_on_device:
+            finite = torch.isfinite(bad)
+            # The fused AdamW kernel skips the whole update, step count included, where found_inf is 1 (the
+            # hook GradScaler uses), so the host never waits for the device here and stays a step ahead.
+            self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(finite)
+            self.optimizer.zero_grad(set_to_none=True)
+            return ce, z, grad_norm, finite
+        # Elsewhere, the one per-step read-back.
         (nonfinite,) = self.dist.any_true(not bool(torch.isfinite(bad)))
         if not nonfinite:
             if scaler is not None:
@@ -410,29 +426,39 @@ class Trainer:
         def due(interval: int) -> bool:
             return interval > 0 and p.step % interval == 0
 
+        # (step, ce, z, grad norm, finite) of steps whose finiteness has not been read back yet
+        unsettled: list[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any]] = []
+
+        def settle(keep: int) -> str | None:
+            """Account for all but the last `keep` unsettled steps; an error message if one was non-finite
+            and --skip_nonfinite is off (the run then stops without saving)."""
+            nonlocal count, skipped_since_log, grad_norm
+            while len(unsettled) > keep:
+                step, ce, z, norm, finite = unsettled.pop(0)
+                if not finite:
+                    if not cfg.skip_nonfinite:
+                        unsettled.clear()
+                        return (f"non-finite loss or gradient at step {step}; stopping without saving (the last "
+                                f"good checkpoint is kept as it was). Lower --lr, use --grad_clip, or pass "
+                                f"--skip_nonfinite to skip such steps")
+                    p.skipped_steps += 1
+                    skipped_since_log += 1
+                    self.log(f"warning: skipped step {step}: non-finite loss or gradient "
+                             f"({p.skipped_steps} skipped so far)")
+                else:
+                    sums["loss"] += ce
+                    if z is not None:
+                        sums["z_loss"] += z
+                    count += 1
+                    grad_norm = norm if norm is not None else grad_norm
+            return None
+
         self.model.train()
         try:
             with StopFlag() as stop:
                 while p.time_s < cfg.max_time if budgeted else p.step < cfg.max_steps:
                     t = self.block_size_now()
-                    ce, z, norm, finite = self.train_step(t)
-                    if not finite:
-                        if not cfg.skip_nonfinite:
-                            error = (f"non-finite loss or gradient at step {p.step + 1}; stopping without saving "
-                                     f"(the last good checkpoint is kept as it was). Lower --lr, use --grad_clip, "
-                                     f"or pass --skip_nonfinite to skip such steps")
-                            end_reason, exit_code = "error", 1
-                            break
-                        p.skipped_steps += 1
-                        skipped_since_log += 1
-                        self.log(f"warning: skipped step {p.step + 1}: non-finite loss or gradient "
-                                 f"({p.skipped_steps} skipped so far)")
-                    else:
-                        sums["loss"] += ce
-                        if z is not None:
-                            sums["z_loss"] += z
-                        count += 1
-                        grad_norm = norm if norm is not None else grad_norm
+                    unsettled.append((p.step + 1, *self.train_step(t)))
                     lr_time = p.time_s  # what the step's lr was computed from
                     p.step += 1
                     p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
@@ -440,6 +466,15 @@ class Trainer:
                     last = p.step == cfg.max_steps
                     if budgeted:
                         (last,) = self.dist.any_true(p.time_s >= cfg.max_time)
+                    # Read back whether steps were finite: the previous step's verdict now (the device has
+                    # finished it, or nearly, while this step is queued behind it), this step's own only
+                    # before the loop logs, evaluates, samples or saves.
+                    boundary = last or any(due(i) for i in (cfg.log_interval, cfg.eval_interval,
+                                                             cfg.sample_interval, cfg.checkpoint_interval))
+                    error = settle(keep=0 if boundary else 1)
+                    if error:
+                        end_reason, exit_code = "error", 1
+                        break
 
                     if due(cfg.log_interval) or last:
                         now = time.perf_counter()
@@ -493,6 +528,10 @@ class Trainer:
                     if out_of_time:
                         end_reason = "max_time"
                         break
+                if end_reason != "error":
+                    error = settle(keep=0)  # a stop between boundaries: no unread verdict before the save
+                    if error:
+                        end_reason, exit_code = "error", 1
                 if end_reason != "error" and not self.save("last"):
                     end_reason, exit_code, error = "error", 1, "the final checkpoint could not be saved"
         except BaseException as e:
@@ -546,14 +585,17 @@ class Trainer:
 
 def train(cfg: Config, resume: dict[str, Any] | None = None) -> int:
     """Train as `cfg` says, continuing from the checkpoint dict `resume` if given. Returns the exit code."""
-    dist = distributed.setup(cfg.ddp, cfg.ddp_backend)
+    dist = distributed.setup(cfg.ddp, cfg.ddp_backend, cfg.device)
     trainer = None
     try:
         trainer = Trainer(cfg, resume, dist)
         return trainer.run()
     finally:
         # The process group goes first: rank 0's own work in close() (the loss plot) must not hold the other
-        # ranks between their last collective and their teardown.
+        # ranks between their last collective and their teardown. DDP's reducer holds the group too; let go of
+        # it so that teardown frees the group (see there).
+        if trainer is not None:
+            trainer.fwd_model = trainer.model
         distributed.teardown(dist)
         if trainer is not None:
             trainer.close()
