@@ -29,9 +29,9 @@ class EMA:
         if finite is None:
             torch._foreach_lerp_(self._ema, self._src, 1.0 - self.decay)
         else:
-            weight = finite.float() * (1.0 - self.decay)
-            for e, s in zip(self._ema, self._src, strict=True):
-                e.lerp_(s, weight)
+            step = torch._foreach_sub(self._src, self._ema)
+            torch._foreach_mul_(step, finite.float() * (1.0 - self.decay))
+            torch._foreach_add_(self._ema, step)
         for e, s in zip(self._ema_buffers, self._src_buffers, strict=True):
             e.copy_(s)
 
