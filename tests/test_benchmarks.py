@@ -149,3 +149,18 @@ def test_muon_ns_dtype_override_is_used():
 
     a, b = step(torch.float32), step(torch.bfloat16)
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)
+
+
+def test_gpu_script_passes_only_flags_the_benchmarks_know():
+    # benchmarks/gpu.sh needs a GPU, so it cannot be smoke-run here; its arguments are checked instead
+    import re
+    import shlex
+
+    text = (BENCH / "gpu.sh").read_text().replace("\\\n", " ")
+    calls = re.findall(r'^"\$PY" benchmarks/(\w+)\.py (.*?) \|\| status=1$', text, flags=re.M)
+    assert [name for name, _ in calls] == ["bench_throughput", "bench_throughput", "bench_time_to_loss"]
+    modules = {"bench_throughput": bench_throughput, "bench_time_to_loss": bench_time_to_loss}
+    for name, args in calls:
+        a = modules[name].parse_args(shlex.split(args.replace("$OUT", "/tmp/results")))  # exits on a bad flag
+        assert a.json.startswith("/tmp/results/")
+    C.validate(C.from_dict(C.load_json(BENCH.parent / a.preset)))  # the script runs from the repository root
