@@ -233,6 +233,42 @@ def test_fp16_scaler_path_on_cuda(monkeypatch):
 
 
 
+
+def test_a_step_the_loss_scaler_skips_leaves_weights_and_ema_alone(corpus, tmp_path, monkeypatch):
+    # fp16 with loss scaling is a CUDA path; torch's CPU GradScaler follows the same rules, so it runs here
+    from tinyllm import config as C
+    from tinyllm import distributed
+    from tinyllm import train as train_mod
+
+    cfg = C.validate(C.from_dict({"data_path": str(corpus), "out_dir": str(tmp_path / "run"), "n_layer": 1,
+                                  "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "ema": True,
+                                  "device": "cpu", "progress": False}))
+    trainer = train_mod.Trainer(cfg, None, distributed.setup(False, "auto"))
+    try:
+        trainer.precision = P.Precision(torch.device("cpu"), torch.float16, scaler=torch.amp.GradScaler("cpu"))
+        trainer.skips_on_device = False
+        trainer.train_step(16)  # one good step first, so that the EMA differs from the weights
+        real = train_mod.training_loss
+
+        def inf_gradient(logits, targets, *a, **k):  # a finite loss whose gradient is not finite
+            ce, z = real(logits, targets, *a, **k)
+            return ce + torch.sqrt(logits.float().sum() * 0), z
+
+        monkeypatch.setattr(train_mod, "training_loss", inf_gradient)
+        weights = [v.clone() for v in trainer.model.parameters()]
+        ema = [v.clone() for v in trainer.ema.model.parameters()]
+        ce, _, _, finite = trainer.train_step(16)
+        assert torch.isfinite(ce) and finite  # our own check lets it through: the scaler's business
+        assert trainer.precision.scaler.get_scale() == 2.0**15  # it skipped the step and backed off
+        assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters(), strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(ema, trainer.ema.model.parameters(), strict=True))
+        monkeypatch.undo()
+        trainer.train_step(16)  # a good step moves both
+        assert not torch.equal(ema[0], next(trainer.ema.model.parameters()))
+    finally:
+        trainer.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_run_keeps_scaler_state_across_resume(corpus, tmp_path, monkeypatch, capsys):
     # a GPU without bf16 (pre-Ampere): fp16 autocast with loss scaling, the scaler saved and restored

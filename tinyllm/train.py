@@ -370,12 +370,17 @@ class Trainer:
         # Elsewhere, the one per-step read-back.
         (nonfinite,) = self.dist.any_true(not bool(torch.isfinite(bad)))
         if not nonfinite:
+            stepped = True
             if scaler is not None:
+                scale = scaler.get_scale()
                 scaler.step(self.optimizer)
                 scaler.update()
+                # The scaler lowers its scale exactly when it skipped the step (inf/NaN in the scaled
+                # gradients, routine while the scale settles): then the EMA must not move either.
+                stepped = scaler.get_scale() >= scale
             else:
                 self.optimizer.step()
-            if self.ema is not None:
+            if self.ema is not None and stepped:
                 self.ema.update()
         self.optimizer.zero_grad(set_to_none=True)
         return ce, z, grad_norm, not nonfinite
