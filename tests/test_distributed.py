@@ -169,20 +169,31 @@ TEARDOWN_PROBE = """
 import sys
 from pathlib import Path
 
+from tinyllm import train
 from tinyllm.cli import main
+from tinyllm.errors import UserError
 
+expected = 0
+if sys.argv[1] == "fail-after-ddp":  # the Trainer fails after it wrapped the model in DDP
+    expected = 2
+
+    def broken_sampler(*args, **kwargs):
+        raise UserError("no batches today")
+
+    train.make_train_sampler = broken_sampler
 try:
-    main(sys.argv[1:])
+    main(sys.argv[2:])
 except SystemExit as e:
-    assert not e.code, e.code
+    assert e.code == expected, e.code
 print("THREADS", sorted(Path(t, "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()))
 """
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc (Linux)")
-def test_a_ddp_run_leaves_no_gloo_threads_behind(corpus, tmp_path):
+@pytest.mark.parametrize("case", ["complete", "fail-after-ddp"])
+def test_a_ddp_run_leaves_no_gloo_threads_behind(corpus, tmp_path, case):
     # Gloo threads that outlive the run are killed mid-way at interpreter exit: SIGABRT ("terminate called
-    # without an active exception") on a rank that had finished cleanly.
+    # without an active exception") on a rank that had finished cleanly, or had stopped with a clear error.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -190,8 +201,10 @@ def test_a_ddp_run_leaves_no_gloo_threads_behind(corpus, tmp_path):
                  "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
     args = ["--data_path", corpus, "--out_dir", tmp_path / "run", *TINY, "--max_steps", "3", "--eval_interval", "0",
             "--ddp", "--device", "cpu"]
-    r = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, *map(str, args)], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, case, *map(str, args)], env=env, capture_output=True,
                        text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    if case == "fail-after-ddp":
+        assert "no batches today" in r.stderr
     threads = next(line for line in r.stdout.splitlines() if line.startswith("THREADS"))
     assert "gloo" not in threads, threads

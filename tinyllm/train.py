@@ -226,6 +226,7 @@ class Trainer:
         try:
             self._build(cfg, resume, dist)
         except BaseException:
+            self.__dict__.pop("fwd_model", None)  # a DDP wrapper holds the process group: teardown frees it
             if self.lock:
                 self.lock.release()
             raise
