@@ -52,3 +52,14 @@ def run_cli(args: list[str]) -> int:
 def run_subprocess(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "train_tinyllm.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=300, **kw)
+
+
+def tiny_trainer(corpus: Path, out: Path, **settings):
+    """A real single-process Trainer on the CPU for a tiny model, to drive train_step by hand (close() it)."""
+    from tinyllm import config as C
+    from tinyllm import distributed
+    from tinyllm.train import Trainer
+
+    values = {"data_path": str(corpus), "out_dir": str(out), "n_layer": 1, "n_head": 2, "n_embd": 32,
+              "block_size": 16, "batch_size": 4, "device": "cpu", "progress": False} | settings
+    return Trainer(C.validate(C.from_dict(values)), None, distributed.setup(False, "auto"))

@@ -9,7 +9,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, run_cli, tiny_trainer
 
 from tinyllm import checkpoint as ckpt_io
 from tinyllm import train as train_mod
@@ -133,13 +133,7 @@ def test_skipped_step_between_log_rows_leaves_no_trace_in_the_optimizer(corpus, 
 
 
 def test_fused_adamw_skips_a_nonfinite_step_on_the_device(corpus, tmp_path, monkeypatch):
-    from tinyllm import config as C
-    from tinyllm import distributed
-
-    cfg = C.validate(C.from_dict({"data_path": str(corpus), "out_dir": str(tmp_path / "run"), "n_layer": 1,
-                                  "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "ema": True,
-                                  "device": "cpu", "progress": False}))
-    trainer = train_mod.Trainer(cfg, None, distributed.setup(False, "auto"))
+    trainer = tiny_trainer(corpus, tmp_path / "run", ema=True)
     try:
         assert trainer.skips_on_device  # torch's fused AdamW, one process, no loss scaling
         trainer.train_step(16)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, tiny_trainer
 
 from tinyllm import precision as P
 from tinyllm.checkpoint import load_checkpoint
@@ -232,18 +232,11 @@ def test_fp16_scaler_path_on_cuda(monkeypatch):
     assert prec.scaler.get_scale() > 0
 
 
-
-
 def test_a_step_the_loss_scaler_skips_leaves_weights_and_ema_alone(corpus, tmp_path, monkeypatch):
     # fp16 with loss scaling is a CUDA path; torch's CPU GradScaler follows the same rules, so it runs here
-    from tinyllm import config as C
-    from tinyllm import distributed
     from tinyllm import train as train_mod
 
-    cfg = C.validate(C.from_dict({"data_path": str(corpus), "out_dir": str(tmp_path / "run"), "n_layer": 1,
-                                  "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "ema": True,
-                                  "device": "cpu", "progress": False}))
-    trainer = train_mod.Trainer(cfg, None, distributed.setup(False, "auto"))
+    trainer = tiny_trainer(corpus, tmp_path / "run", ema=True)
     try:
         trainer.precision = P.Precision(torch.device("cpu"), torch.float16, scaler=torch.amp.GradScaler("cpu"))
         trainer.skips_on_device = False
