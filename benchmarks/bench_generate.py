@@ -29,38 +29,46 @@ from tinyllm.model import GPT, ModelArgs
 MODES = {"recompute": False, "kv_cache": True}
 
 
-def run_once(model: GPT, n: int, kv_cache: bool) -> tuple[float, torch.Tensor]:
-    prompt = torch.zeros(1, 1, dtype=torch.long)
+def run_once(model: GPT, n: int, kv_cache: bool, device: torch.device) -> tuple[float, torch.Tensor]:
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
     params = SamplingParams(temperature=0, kv_cache=kv_cache)
     t0 = time.perf_counter()
     out = torch.cat(list(generate(model, prompt, n, params)), dim=1)
-    return time.perf_counter() - t0, out
+    common.sync(device)
+    return time.perf_counter() - t0, out.cpu()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(C.DEFAULT_CONFIG_PATH), help="preset whose model settings to use")
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--new_tokens", type=int, default=500)
     p.add_argument("--vocab_size", type=int, default=65, help="65 = tinyshakespeare's characters")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--json", default="", help="also write the results to this file")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
     common.set_threads(a.threads)
     cfg = C.validate(C.from_dict({**C.load_json(a.config), "block_size": a.block_size}))
     torch.manual_seed(0)
-    model = GPT(ModelArgs.from_config(cfg, a.vocab_size)).eval()
-    m = common.machine(torch.device("cpu"))
+    from tinyllm.train import resolve_device
+
+    device = resolve_device(a.device)
+    model = GPT(ModelArgs.from_config(cfg, a.vocab_size)).to(device).eval()
+    m = common.machine(device)
 
     for kv in MODES.values():  # warm-up: first-call allocations and kernel selection
-        run_once(model, min(20, a.new_tokens), kv)
+        run_once(model, min(20, a.new_tokens), kv, device)
     seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     tokens = {}
     for _ in range(a.rounds):
         for mode, kv in MODES.items():
-            dt, tokens[mode] = run_once(model, a.new_tokens, kv)
+            dt, tokens[mode] = run_once(model, a.new_tokens, kv, device)
             seconds[mode].append(dt)
     if not torch.equal(tokens["recompute"], tokens["kv_cache"]):
         raise SystemExit("error: cached and recomputed generation produced different tokens")

@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import baseline  # noqa: E402
+import bench_generate  # noqa: E402
 import bench_muon  # noqa: E402
 import bench_optimizers  # noqa: E402
 import bench_throughput  # noqa: E402
@@ -158,9 +159,23 @@ def test_gpu_script_passes_only_flags_the_benchmarks_know():
 
     text = (BENCH / "gpu.sh").read_text().replace("\\\n", " ")
     calls = re.findall(r'^"\$PY" benchmarks/(\w+)\.py (.*?) \|\| status=1$', text, flags=re.M)
-    assert [name for name, _ in calls] == ["bench_throughput", "bench_throughput", "bench_time_to_loss"]
-    modules = {"bench_throughput": bench_throughput, "bench_time_to_loss": bench_time_to_loss}
-    for name, args in calls:
-        a = modules[name].parse_args(shlex.split(args.replace("$OUT", "/tmp/results")))  # exits on a bad flag
-        assert a.json.startswith("/tmp/results/")
-    C.validate(C.from_dict(C.load_json(BENCH.parent / a.preset)))  # the script runs from the repository root
+    assert [name for name, _ in calls] == ["bench_throughput", "bench_throughput", "bench_time_to_loss",
+                                           "bench_generate"]
+    modules = {"bench_throughput": bench_throughput, "bench_time_to_loss": bench_time_to_loss,
+               "bench_generate": bench_generate}
+    parsed = [modules[name].parse_args(shlex.split(args.replace("$OUT", "/tmp/results"))) for name, args in calls]
+    assert all(a.json.startswith("/tmp/results/") for a in parsed)  # parse_args exits on an unknown flag
+    for preset in (parsed[2].preset, parsed[3].config):  # the script runs from the repository root
+        C.validate(C.from_dict(C.load_json(BENCH.parent / preset)))
+
+
+def test_data_smoke(tmp_path: Path, corpus: Path):
+    pytest.importorskip("tokenizers", reason="the BPE half needs the bpe extra")
+    import bench_data
+
+    r = bench_data.main(["--text", str(corpus), "--bpe_vocab_size", "300", "--gib", "0.001", "--steps", "2",
+                         "--json", str(tmp_path / "data.json")])
+    assert [s["tokenizer"] for s in r["speed"]] == ["char", "bpe"]
+    assert all(s["encode_mib_s"] > 0 and s["bytes_per_token"] >= 1 for s in r["speed"])
+    assert [x["phase"] for x in r["rss"]] == ["tokenise + train", "reuse tokens.bin + train"] and r["rss_ok"]
+    assert json.loads((tmp_path / "data.json").read_text())["rss_ok"] is True
