@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,10 @@ def tiny_trainer(corpus: Path, out: Path, **settings):
     values = {"data_path": str(corpus), "out_dir": str(out), "n_layer": 1, "n_head": 2, "n_embd": 32,
               "block_size": 16, "batch_size": 4, "device": "cpu", "progress": False} | settings
     return Trainer(C.validate(C.from_dict(values)), None, distributed.setup(False, "auto"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, free_port, run_cli
 
 from tinyllm import distributed
 from tinyllm.checkpoint import load_checkpoint
@@ -194,11 +193,8 @@ print("THREADS", sorted(Path(t, "comm").read_text().strip() for t in Path("/proc
 def test_a_ddp_run_leaves_no_gloo_threads_behind(corpus, tmp_path, case):
     # Gloo threads that outlive the run are killed mid-way at interpreter exit: SIGABRT ("terminate called
     # without an active exception") on a rank that had finished cleanly, or had stopped with a clear error.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = ENV | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(port), "PYTHONPATH": str(REPO)}
+                 "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO)}
     args = ["--data_path", corpus, "--out_dir", tmp_path / "run", *TINY, "--max_steps", "3", "--eval_interval", "0",
             "--ddp", "--device", "cpu"]
     r = subprocess.run([sys.executable, "-c", TEARDOWN_PROBE, case, *map(str, args)], env=env, capture_output=True,

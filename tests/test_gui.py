@@ -7,12 +7,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_text
+from conftest import free_port, make_text
 
 gr = pytest.importorskip("gradio", reason="the GUI tests need the gui extra: pip install -e \".[gui]\"")
 gradio_client = pytest.importorskip("gradio_client")
@@ -40,12 +39,6 @@ def wait_for(cond, timeout: float = 60.0, what: str = "condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
