@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import describe, machine, table, write_json  # noqa: E402
 from tinyllm import data as D  # noqa: E402
+from tinyllm import tokens as T  # noqa: E402
 from tinyllm.config import Config  # noqa: E402
 from tinyllm.wikitext import clean_file  # noqa: E402
 
@@ -71,7 +72,7 @@ def tokenisation_speed(text: Path, work: Path, vocab: int) -> list[dict]:
         tok, origin = D.build_tokenizer(cfg, None)
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
-        train, val, _ = D.memmap_tokens(cfg, tok, origin)
+        train, val, _ = T.memmap_tokens(cfg, tok, origin)
         t_encode = time.perf_counter() - t0
         n = len(train) + len(val)
         rows.append({"tokenizer": kind, "vocab_size": tok.vocab_size, "source_mib": round(size_mib, 2),
@@ -121,7 +122,7 @@ def peak_rss(big: Path, work: Path, kind: str, steps: int, vocab: int, workers: 
         code, rss, dt, err = run_measured(args)
         if code != 0:
             raise SystemExit(f"error: the {kind} training run failed ({code}):\n{err}")
-        bin_mib = (out / D.TOKENS_BIN).stat().st_size / 2**20
+        bin_mib = (out / T.TOKENS_BIN).stat().st_size / 2**20
         # The trainer reports its streaming pass as "data: tokenised X MiB into N tokens in T s (R MiB/s)".
         speed = re.search(r"data: tokenised .* \(([\d.]+) MiB/s\)", err)
         rows.append({"tokenizer": kind, "phase": phase, "text_gib": round(big.stat().st_size / 2**30, 2),

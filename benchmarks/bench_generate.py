@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.set_threads(a.threads)
     cfg = C.validate(C.from_dict({**C.load_json(a.config), "block_size": a.block_size}))
     torch.manual_seed(0)
-    from tinyllm.train import resolve_device
+    from tinyllm.device import resolve_device
 
     device = resolve_device(a.device)
     model = GPT(ModelArgs.from_config(cfg, a.vocab_size)).to(device).eval()

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 PRESET = common.REPO / "config" / "shakespeare_char_cpu.json"
-# Each optimizer's documented rates (README, "Optimizers"): Lion wants a ~10x lower lr and a higher decay.
+# Each optimizer's documented rates (docs/training.md, "Optimizer and learning rate"): Lion wants a ~10x lower lr
+# and a higher decay.
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "adamw": {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.1},
     "lion": {"optimizer": "lion", "lr": 3e-4, "weight_decay": 1.0, "lr_min": 1e-5},
@@ -89,7 +90,7 @@ def steps_per_second(cfg: Any, n: int) -> float:
 
 def run_budget(a: argparse.Namespace, name: str, tmp: Path) -> dict[str, Any]:
     """Train with optimizer `name` for --budget seconds, schedule sized to fit; return the val loss."""
-    from tinyllm.train import evaluate
+    from tinyllm.evaluation import evaluate
 
     values = base_values(a, str(tmp / name)) | OPTIMIZERS[name] | {"eval_interval": 0}
     probe = common.tinyllm_config(values | {"out_dir": str(tmp / f"{name}_probe")}, a.preset)

@@ -85,7 +85,7 @@ class Row:
         cfg = common.tinyllm_config(cfg_values)
         if name == "baseline_fp32":
             from tinyllm.data import prepare
-            from tinyllm.train import resolve_device
+            from tinyllm.device import resolve_device
 
             self.device = resolve_device(cfg.device)
             tokenizer, train_ids, _, _ = prepare(cfg, None)  # the same characters, the same token ids

@@ -97,7 +97,8 @@ def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, 
 
 
 def run_tinyllm(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, Any]:
-    from tinyllm.train import STOP_FILE, Trainer
+    from tinyllm.runlog import STOP_FILE
+    from tinyllm.train import Trainer
 
     curve: list[dict[str, Any]] = []
     target, cap = a.target, a.time_cap
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return r
     if not Path(a.data_path).is_file():
         raise SystemExit(f"error: --data_path {a.data_path} not found (tinyshakespeare lives in ../shared/data)")
-    from tinyllm.train import resolve_device
+    from tinyllm.device import resolve_device
 
     # the device tinyllm's runs use (the preset's, "auto" = a GPU where there is one); the baseline runs on the CPU
     tinyllm_cfg = common.tinyllm_config({"data_path": a.data_path, "out_dir": "unused"} | common.parse_sets(a.set),
@@ -180,7 +181,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append([r["run"], r["seed"], f"{r['params'] / 1e6:.2f} M",
                      f"{hit['train_s']:.1f} s (step {hit['step']})" if hit else f"not within {a.time_cap:.0f} s",
                      f"{r['final']['val_loss']:.4f}" if r["final"] else "-", r["eval_iters"]])
-    print(f"time to val loss <= {a.target} on {Path(a.data_path).name} (training time, evaluations excluded)")
+    print(f"time to val loss <= {a.target} on {Path(a.data_path).name} (training time, evaluations excluded) on "
+          f"{m['cpu']}, {m['cpu_capability']}, {'native bf16' if m['native_bf16'] else 'no native bf16'}")
+    for r in runs[:len(a.runs)]:
+        bs, bl = (r["settings"]["batch_size"], r["settings"]["block_size"])
+        print(f"{r['run']}: every validation estimate averages {r['eval_iters']} batches = "
+              f"{r['eval_iters'] * bs * bl:,} held-out tokens (the same batches at every estimate; at least "
+              f"--eval_tokens {a.eval_tokens:,}), so one lucky batch cannot carry the figure")
     print(common.table(["run", "seed", "params", "time to target", "last val", "eval batches"], rows))
     ratios = {}
     for seed in a.seeds:

@@ -37,6 +37,10 @@ if str(REPO) not in sys.path:  # the benchmarks run as scripts from a clone, wit
     sys.path.insert(0, str(REPO))
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+# The documented switches that hold torch's CPU kernels at a lower instruction set; with all three at AVX2, a
+# CPU with AVX-512 BF16 computes (and is detected) as an AVX2 CPU without native bf16.
+CAPABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -61,11 +65,14 @@ def load_average() -> list[float] | None:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    from tinyllm.precision import cpu_has_native_bf16
+    from tinyllm.precision import cpu_capability, cpu_has_native_bf16
 
     info: dict[str, Any] = {
         "cpu": cpu_model_name(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # e.g. "AVX2", or "AVX2 (emulated: ...)" where ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA hold a newer CPU
+        # at AVX2 (tinyllm.precision): every figure says which CPU and capability it came from
+        "cpu_capability": cpu_capability(),
+        "capability_env": {k: os.environ[k] for k in CAPABILITY_ENV if k in os.environ},
         "native_bf16": cpu_has_native_bf16(),
         "threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
@@ -190,7 +197,7 @@ def summarize_times(per_step: list[float]) -> dict[str, float]:
 # --- output ---------------------------------------------------------------------------------------------
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (pastes straight into the README)."""
+    """A Markdown table (pastes straight into docs/performance.md)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

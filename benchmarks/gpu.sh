@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in the README's Performance section, in one go (about 5 minutes on an H100/H200):
+# The GPU figures of docs/performance.md (its GPU section), in one go (about 5 minutes on an H100/H200):
 #
 #     bash benchmarks/gpu.sh [RESULTS_DIR]        # default benchmarks/results
 #

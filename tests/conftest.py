@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tinyllm.cli import main
+from tinyllm.model import GPT, ModelArgs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -18,6 +20,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
         "--eval_iters", "2", "--log_interval", "5", "--sample_interval", "0", "--lr", "1e-2",
         "--lr_warmup_steps", "2", "--no-progress"]
+# The GPT-2-style architecture (the default preset's before it took the modern recipe): tests of the exporters
+# and importers, whose targets are these parts, pin it so that a change of the default recipe leaves them alone.
+CLASSIC = ["--pos_encoding", "learned", "--norm", "layernorm", "--mlp", "gelu", "--no-qk_norm", "--bias",
+           "--no-weight_tying"]
 
 
 def make_text(n_words: int = 6000, seed: int = 0) -> str:
@@ -38,6 +44,22 @@ def make_text(n_words: int = 6000, seed: int = 0) -> str:
 def corpus(tmp_path: Path) -> Path:
     p = tmp_path / "corpus.txt"
     p.write_text(make_text(), encoding="utf-8")
+    return p
+
+
+# Text with multi-byte characters, CRLF and blank lines, so chunk edges land in awkward places.
+ODD_TAIL = "Ünïcödé 🙂 text\r\n\r\n  with CJK 日本語 and e\u0301 marks.\n"
+
+
+def corpus_text(n_words: int = 3000, seed: int = 0) -> str:
+    lines = make_text(n_words, seed).splitlines(keepends=True)
+    return "".join(line + (ODD_TAIL if i % 7 == 0 else "") for i, line in enumerate(lines))
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    p = tmp_path / "text.txt"
+    p.write_text(corpus_text(), encoding="utf-8")
     return p
 
 
@@ -71,3 +93,9 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_model(seed=0, **kw):
+    """A tiny GPT, seeded (13 tokens, 2 layers, width 16, block 8; `kw` overrides ModelArgs)."""
+    torch.manual_seed(seed)
+    return GPT(ModelArgs(**({"vocab_size": 13, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8} | kw)))

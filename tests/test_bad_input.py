@@ -2,13 +2,14 @@
 nothing in an existing run folder overwritten."""
 
 import pytest
-from conftest import TINY, run_cli, run_subprocess
+from conftest import CLASSIC, TINY, run_cli, run_subprocess
 
 
 @pytest.fixture
 def existing_run(corpus, tmp_path):
     out = tmp_path / "run"
-    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "3", "--eval_interval", "0"]) == 0
+    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, *CLASSIC, "--max_steps", "3",
+                    "--eval_interval", "0"]) == 0
     return out
 
 
@@ -34,7 +35,7 @@ def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
     (d / "short.txt").write_text("tiny text")
     cases = [
         (["--data_path", d / "missing.txt"], "--data_path: file not found"),
-        (["--data_path", d], "is a directory"),
+        (["--data_path", d], "latin1.txt is not UTF-8 (invalid byte 0xff at byte offset 3)"),  # a folder: its files
         (["--data_path", d / "empty.txt"], "is empty"),
         (["--data_path", d / "latin1.txt"], "not UTF-8 (invalid byte 0xff at byte offset 3)"),
         (["--data_path", d / "short.txt"], "needs at least 33"),
@@ -48,6 +49,38 @@ def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
     for args, needle in cases:
         check([*out, *args], needle, capsys)
     assert snapshot(existing_run) == before
+
+
+def test_bad_folders_and_patterns(existing_run, tmp_path, capsys):
+    """--data_path as a folder or glob pattern: each way it can be unusable, with and without a token file;
+    the existing run stays as it was and a new out_dir is never created."""
+    before = snapshot(existing_run)
+    d = tmp_path / "data"
+    (d / "empty").mkdir(parents=True)
+    (d / "pictures" / "sub").mkdir(parents=True)
+    (d / "pictures" / "a.png").write_bytes(b"\x89PNG")
+    (d / "pictures" / "sub" / "b.pdf").write_bytes(b"%PDF")
+    (d / "mixed" / "deep").mkdir(parents=True)
+    (d / "mixed" / "good.txt").write_text("plenty of good text here " * 20, encoding="utf-8")
+    (d / "mixed" / "deep" / "bad.md").write_bytes("naïve ".encode() * 10 + b"caf\xe9")
+    cases = [
+        ([d / "empty"], "the folder " + str(d / "empty") + " holds no files; put .txt or .md files in it"),
+        ([d / "pictures"], "holds no .txt or .md file (2 other files ignored)"),
+        ([d / "mixed"], f"{d / 'mixed' / 'deep' / 'bad.md'} is not UTF-8 (invalid byte 0xe9 at byte offset 73)"),
+        ([str(d / "nowhere" / "**" / "*.txt")], "matches no file; check it (and quote it"),
+        ([str(d / "pictures" / "*")], "matches 1 file but no .txt or .md file"),
+    ]
+    for data, needle in cases:
+        for out in (existing_run, tmp_path / "new_run"):
+            for extra in ([], ["--memmap_dataset"]):
+                code = run_cli(["--data_path", *data, "--out_dir", out, *TINY, *extra])
+                err = capsys.readouterr().err
+                assert code == 2, err
+                last = err.strip().splitlines()[-1]  # a folder's summary line may come first
+                assert last.startswith("error: --data_path") and needle in last, err
+                assert "Traceback" not in err
+    assert snapshot(existing_run) == before
+    assert not (tmp_path / "new_run").exists()
 
 
 def test_missing_checkpoint(tmp_path, capsys):

@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import baseline  # noqa: E402
+import bench_default_run  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_muon  # noqa: E402
 import bench_optimizers  # noqa: E402
@@ -105,6 +106,22 @@ def test_time_to_loss_smoke(tmp_path: Path, corpus: Path):
     assert runs["tinyllm"]["reached"]["step"] == 5 and runs["tinyllm"]["final"]["step"] == 5
     assert runs["tinyllm"]["eval_iters"] >= 2 and 1337 in res["speedup_by_seed"]
     assert json.loads(out.read_text())["target"] == 50
+
+
+def test_default_run_smoke(tmp_path: Path, corpus: Path):
+    """The real command in its own process, with flags that make it tiny; wall clock, best val, the sample and
+    the CPU capability come back."""
+    out = tmp_path / "default.json"
+    res = bench_default_run.main(["--json", str(out), "--", "--data_path", str(corpus), "--max_steps", "4",
+                                  "--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "32",
+                                  "--batch_size", "4", "--eval_interval", "2", "--eval_iters", "2",
+                                  "--sample_interval", "4", "--sample_chars", "20"])
+    (run,) = res["runs"]
+    assert run["steps"] == 4 and [e["step"] for e in run["evals"]] == [2, 4]
+    assert run["best_val"] == min(e["val_loss"] for e in run["evals"]) and run["wall_s"] > run["train_s"]
+    assert run["sample"] and run["config"]["n_embd"] == 32
+    saved = json.loads(out.read_text())
+    assert saved["machine"]["cpu_capability"] and "native_bf16" in saved["machine"]
 
 
 def test_time_to_loss_reports_a_target_not_reached(corpus: Path):

@@ -211,27 +211,6 @@ def test_bpe_run_restores_tokenizer_from_the_checkpoint_alone(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("The cat 🙂")
 
 
-def test_tokenizer_path_reuses_a_tokenizer(corpus, tmp_path, capsys):
-    first, second = tmp_path / "a", tmp_path / "b"
-    common = ["--data_path", corpus, *TINY, "--max_steps", "1", "--eval_interval", "0"]
-    assert run_cli([*common, "--out_dir", first, "--tokenizer", "bpe", "--bpe_vocab_size", "280"]) == 0
-    saved = first / "tokenizer.json"
-    assert run_cli([*common, "--out_dir", second, "--tokenizer", "bpe", "--bpe_vocab_size", "280",
-                    "--tokenizer_path", saved]) == 0
-    assert (second / "tokenizer.json").read_text(encoding="utf-8") == saved.read_text(encoding="utf-8")
-    capsys.readouterr()
-    cases = [
-        (["--tokenizer_path", saved], "holds a bpe tokenizer but --tokenizer is char; pass --tokenizer bpe"),
-        (["--tokenizer", "bpe", "--tokenizer_path", saved], "has 280 tokens but --bpe_vocab_size is 4096"),
-        (["--tokenizer_path", tmp_path / "nope.json"], "--tokenizer_path: file not found"),
-        (["--tokenizer_path", corpus], "--tokenizer_path"),
-    ]
-    for extra, needle in cases:
-        assert run_cli([*common, "--out_dir", tmp_path / "c", *extra]) == 2
-        err = capsys.readouterr().err
-        assert needle in err and "Traceback" not in err, err
-
-
 @pytest.mark.parametrize("size, needle", [("100", "--bpe_vocab_size must be at least 257"),
                                           ("100000", "--bpe_vocab_size 100000 is too large for the training part")])
 def test_bad_bpe_vocab_size_exits_2(corpus, tmp_path, capsys, size, needle):

@@ -1,31 +1,19 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
 
 from tinyllm import config as C
-from tinyllm.cli import build_parser, resolve_config
+from tinyllm.cli import build_parser
 from tinyllm.errors import UserError
+from tinyllm.runconfig import resolve_config
 
 
 def resolve(argv):
     return resolve_config(build_parser().parse_args(argv))[0]
-
-
-def test_precedence_defaults_json_flags(tmp_path: Path):
-    cfg_file = tmp_path / "c.json"
-    cfg_file.write_text(json.dumps({"n_layer": 3, "lr": 0.002}))
-    cfg = resolve(["--config", str(cfg_file), "--lr", "0.005"])
-    assert cfg.n_layer == 3  # from JSON
-    assert cfg.lr == 0.005  # the flag beats the JSON
-    assert cfg.n_embd == C.Config.n_embd  # an explicit --config replaces the default JSON: dataclass default
-
-
-def test_default_json_is_used_without_config():
-    defaults = json.loads(C.DEFAULT_CONFIG_PATH.read_text())
-    cfg = resolve([])
-    assert cfg.to_dict() == C.from_dict(defaults).to_dict()
 
 
 def test_boolean_flags_have_no_variant():
@@ -57,6 +45,9 @@ def test_int_accepted_for_float():
     (["--lr", "0"], "--lr must be greater than 0"),
     (["--top_p", "1.5"], "--top_p must be at most 1.0"),
     (["--lr", "nan"], "--lr must be a finite number"),
+    # these used to reach torch.multinomial as infinities and crash --generate_only with a traceback
+    (["--temperature", "1e-300"], "--temperature must be 0 \\(greedy\\) or at least 1e-06"),
+    (["--repetition_penalty", "1e-300"], "--repetition_penalty must be between 1e-06 and 1e\\+06"),
 ])
 def test_validation(argv, needle):
     with pytest.raises(UserError, match=needle):
@@ -80,3 +71,25 @@ def test_cli_bad_key_exits_2(tmp_path: Path, capsys):
     assert run_cli(["--config", f]) == 2
     err = capsys.readouterr().err
     assert "learning_rate" in err and "Traceback" not in err
+
+
+def test_settings_page_is_generated_from_the_dataclass():
+    page = REPO / "docs" / "settings.md"
+    committed = page.read_text(encoding="utf-8") if page.is_file() else ""
+    assert committed == C.settings_markdown(), (
+        f"docs/settings.md is stale (a Config field changed): regenerate it with `{C.MARKDOWN_COMMAND}`")
+
+
+def test_settings_page_lists_every_field_under_its_group():
+    text = C.settings_markdown()
+    for name, f in C.FIELDS.items():
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| `--{name}`"))
+        section = text[:text.index(row)].rsplit("\n## ", 1)[1].splitlines()[0]
+        assert section == C.GROUP_TITLES[f.metadata["group"]], name
+        assert row.count(" | ") == 4, f"a `|` in {name}'s help would split its table row: {row}"
+
+
+def test_markdown_command_prints_the_page():
+    out = subprocess.run([sys.executable, "-m", "tinyllm.config", "--markdown"], cwd=REPO, capture_output=True,
+                         check=True).stdout
+    assert out.decode("utf-8").replace("\r\n", "\n") == C.settings_markdown()

@@ -1,4 +1,4 @@
-"""The generation command (tinyllm-generate / python -m tinyllm.generate): stop strings, --interactive."""
+"""The generation command (tinyllm-generate / python -m tinyllm.generate_cli): stop strings, --interactive."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_module_and_console_script(run):
     script = re.search(r'^tinyllm-generate = "([\w.]+):(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M)
     module, func = script.groups()
     assert callable(getattr(__import__(module, fromlist=[func]), func))
-    p = subprocess.run([sys.executable, "-m", "tinyllm.generate", "--out_dir", str(run), "--prompt", "The",
+    p = subprocess.run([sys.executable, "-m", "tinyllm.generate_cli", "--out_dir", str(run), "--prompt", "The",
                         "--sample_chars", "7", "--stop", "zzzz"], capture_output=True, text=True, cwd=REPO,
                        timeout=120)
     assert p.returncode == 0, p.stderr

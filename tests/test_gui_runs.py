@@ -1,29 +1,22 @@
-"""The GUI's gradio-free parts: the config form, the command preview, run folders and their status, stopping
-real processes, the Data tab's helpers and the missing-gradio message."""
+"""The GUI's run management (tinyllm.gui.runs), gradio-free: run folders and their status, starting and stopping
+real processes, and the missing-gradio message. The form, monitor, chart and Data tab have their own files."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 from tinyllm import config as C
-from tinyllm.cli import build_parser, resolve_config
 from tinyllm.errors import UserError
-from tinyllm.gui import form as F
 from tinyllm.gui import runs as R
-from tinyllm.gui.chart import line_chart, nice_ticks
-from tinyllm.gui.datafile import clean_wikitext, default_clean_path, keep_upload, text_stats
-from tinyllm.gui.monitor import loss_series, speed_series, steps_per_second, summary
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals as on POSIX")
 
@@ -37,92 +30,6 @@ def wait_for(cond, timeout: float = 20.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-# ---------------------------------------------------------------------------------------------- form
-
-
-def test_form_has_every_field_once_grouped_in_order():
-    specs = F.field_specs()
-    assert [s.name for s in specs] == list(C.FIELDS)
-    grouped = F.grouped_specs()
-    assert sorted(s.name for g in grouped.values() for s in g) == sorted(C.FIELDS)
-    assert list(grouped)[: 3] == [g for g in C.GROUPS if g in grouped][:3]
-    by = {s.name: s for s in specs}
-    assert by["ckpt"].kind == "choice" and by["ckpt"].choices == ("last", "best")
-    assert by["progress"].kind == "bool" and by["n_layer"].kind == "int" and by["lr"].kind == "float"
-    assert by["n_layer"].shape and "Fixed once a run has started" in by["n_layer"].info
-    assert ">= 1" in by["n_layer"].info and C.FIELDS["n_layer"].metadata["help"] in by["n_layer"].info
-
-
-def test_form_round_trip_and_typing():
-    cfg = C.Config(n_layer=3, lr=0.002, progress=False, prompt="Once\n", ckpt="best")
-    values = F.values_from_config(cfg)
-    assert F.config_from_values(values) == cfg
-    # Widgets give floats for whole numbers and ints for round floats; both come back typed.
-    by = {s.name: i for i, s in enumerate(F.field_specs())}
-    values[by["n_layer"]] = 3.0
-    values[by["lr"]] = 1
-    got = F.config_from_values(values)
-    assert got.n_layer == 3 and isinstance(got.n_layer, int) and got.lr == 1.0 and isinstance(got.lr, float)
-    values[by["n_layer"]] = 2.5
-    with pytest.raises(UserError, match="--n_layer must be a whole number"):
-        F.config_from_values(values)
-    values[by["n_layer"]] = None
-    with pytest.raises(UserError, match="--n_layer needs a value"):
-        F.config_from_values(values)
-    values[by["n_layer"]] = 4
-    values[by["n_head"]] = 3
-    with pytest.raises(UserError, match="divisible by --n_head"):
-        F.config_from_values(values)
-    with pytest.raises(UserError, match="reload the page"):
-        F.config_from_values(values[:-1])
-
-
-def test_a_field_added_to_the_dataclass_appears_everywhere(monkeypatch):
-    @dataclass
-    class Extended(C.Config):
-        warp_drive: str = C.opt("off", "A setting added after the GUI was written.", "model", choices=("off", "on"))
-
-    monkeypatch.setattr(C, "Config", Extended)
-    monkeypatch.setattr(C, "FIELDS", {f.name: f for f in __import__("dataclasses").fields(Extended)})
-    spec = next(s for s in F.field_specs() if s.name == "warp_drive")
-    assert spec.kind == "choice" and spec.group == "model"
-    assert spec in F.grouped_specs()["model"]
-    cfg = Extended(warp_drive="on")
-    assert F.config_from_values(F.values_from_config(cfg)) == cfg
-    assert "--warp_drive on" in F.command_preview(cfg)
-
-
-def test_command_preview_shows_only_changes_and_reproduces_the_config():
-    assert F.command_preview(C.from_dict(F.cli_defaults())) == "python train_tinyllm.py"
-    cfg = C.from_dict({**F.cli_defaults(), "n_layer": 2, "lr": 0.0005, "progress": False,
-                       "data_path": "my data/a b.txt", "prompt": "It's"})
-    cmd = F.command_preview(cfg)
-    assert cmd.startswith("python train_tinyllm.py ")
-    assert "--n_embd" not in cmd and "--no-progress" in cmd and "'my data/a b.txt'" in cmd
-    # The real CLI turns the command back into the same settings.
-    ns = build_parser().parse_args(shlex.split(cmd)[2:])
-    assert resolve_config(ns)[0] == cfg
-    assert F.command_preview(cfg, resume=True).endswith(" --resume")
-    newline = C.from_dict({**F.cli_defaults(), "prompt": "a\nb"})
-    assert "--prompt $'a\\nb'" in F.command_preview(newline)
-
-
-def test_presets_load_save_and_errors(tmp_path):
-    assert "tiny_char_gpt.json" in F.list_presets()
-    assert F.load_preset(F.resolve_preset("tiny_char_gpt.json")) == C.from_dict(F.cli_defaults())
-    cfg = C.Config(n_layer=2, out_dir="out/x")
-    path = F.save_preset(cfg, tmp_path / "mine.json")
-    assert F.load_preset(F.resolve_preset(str(path))) == cfg
-    assert F.resolve_preset("mine.json", cwd=tmp_path) == tmp_path / "mine.json"
-    with pytest.raises(UserError, match=r"\.json"):
-        F.save_preset(cfg, tmp_path / "mine.txt")
-    (tmp_path / "bad.json").write_text('{"n_layer": "four"}')
-    with pytest.raises(UserError, match="n_layer"):
-        F.load_preset(tmp_path / "bad.json")
-    with pytest.raises(UserError, match="not found"):
-        F.load_preset(tmp_path / "missing.json")
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -179,38 +86,6 @@ def test_discover_runs_reads_folders(tmp_path):
     assert R.discover_runs(tmp_path / "missing") == []
 
 
-def test_pid_alive_checks_the_command_line():
-    assert R.pid_alive(os.getpid())
-    if Path("/proc/self/cmdline").exists():
-        assert not R.pid_alive(os.getpid(), marker="no-such-marker-in-my-command-line")
-    assert not R.pid_alive(0)
-
-
-def test_monitor_numbers():
-    rows = [{"step": 10, "time_s": 1.0, "loss": 3.0, "tokens_per_sec": 100.0},
-            {"step": 20, "time_s": 2.0, "loss": 2.0, "tokens_per_sec": 120.0},
-            {"step": 20, "time_s": 2.0, "val_loss": 2.5}, {"step": 20, "time_s": 2.0, "sample": "hi"}]
-    assert steps_per_second(rows) == 10.0
-    assert loss_series(rows) == {"train": [(10, 3.0), (20, 2.0)], "val": [(20, 2.5)]}
-    assert speed_series(rows) == {"tokens/s": [(10, 100.0), (20, 120.0)]}
-    info = R.RunInfo(out_dir=Path("x"), status="running", step=20, max_steps=120, rows=rows, last_loss=2.0,
-                     best_val_loss=2.5, time_s=2.0)
-    s = summary(info)
-    assert s["ETA"] == "0:10" and s["tokens/s"] == "120" and s["best val loss"] == "2.5000"
-    assert s["step"] == "20 / 120"
-
-
-def test_chart_draws_every_series_and_skips_bad_points():
-    assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(1.37, 3.21, n=4) == [1.5, 2.0, 2.5, 3.0]
-    svg = line_chart({"train": [(1, 3.0), (2, 2.0), (3, float("nan"))], "val": [(2, 2.5)], "<b>": []},
-                     title="Loss")
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count("<polyline") == 1 and svg.count("<circle") == 3  # val's single point still shows
-    assert ">train</text>" in svg and ">val</text>" in svg and "&lt;b&gt;" in svg and "<b>" not in svg
-    assert "no data yet" in line_chart({"train": []})
-
-
 def test_tail_text_keeps_the_last_progress_bar_state(tmp_path):
     log = tmp_path / "console.log"
     log.write_bytes(b"first\n 10%|#   \r 50%|#####\r\x1b[32m 90%|#########\x1b[0m\nlast line\n")
@@ -220,9 +95,9 @@ def test_tail_text_keeps_the_last_progress_bar_state(tmp_path):
 
 
 def test_stop_file_name_matches_the_training_loop():
-    from tinyllm import train
+    from tinyllm import runlog
 
-    assert R.STOP_FILE == train.STOP_FILE
+    assert R.STOP_FILE == runlog.STOP_FILE
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -358,44 +233,6 @@ def test_start_refuses_overwrite_and_bad_resume(tmp_path):
         m.start(C.Config(out_dir="old", overwrite=True))
         assert m.is_running("old")
         m.shutdown(stop_runs=True)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def test_text_stats(tmp_path):
-    p = tmp_path / "t.txt"
-    p.write_text("héllo\nwörld\n", encoding="utf-8")
-    s = text_stats(p, preview_chars=4)
-    assert (s.size_bytes, s.chars, s.lines, s.vocab, s.preview) == (14, 12, 2, 9, "héll")
-    assert "12" in s.markdown() and not s.partial
-    (tmp_path / "bad.txt").write_bytes(b"ok\xff")
-    with pytest.raises(UserError, match="not UTF-8"):
-        text_stats(tmp_path / "bad.txt")
-    (tmp_path / "empty.txt").write_bytes(b"")
-    for bad, msg in ((tmp_path / "empty.txt", "empty"), (tmp_path, "folder"), (tmp_path / "no.txt", "not found")):
-        with pytest.raises(UserError, match=msg):
-            text_stats(bad)
-
-
-def test_upload_is_kept_without_overwriting(tmp_path):
-    src = tmp_path / "up.txt"
-    src.write_text("a")
-    first = keep_upload(src, tmp_path / "data")
-    src.write_text("b")
-    second = keep_upload(src, tmp_path / "data")
-    assert first != second and first.read_text() == "a" and second.read_text() == "b"
-
-
-def test_clean_wikitext_into_a_new_file(tmp_path):
-    src = tmp_path / "wiki.train.tokens"
-    src.write_text(" = Title = \n \n The state @-@ of @-@ the @-@ art is 1 @,@ 000 . \n", encoding="utf-8")
-    dest = default_clean_path(src)
-    assert dest.name == "wiki.train.clean.txt"
-    assert "cleaned" in clean_wikitext(src, dest)
-    assert dest.read_text() == "The state-of-the-art is 1,000 .\n"
-    with pytest.raises(UserError, match="new file"):
-        clean_wikitext(dest, dest)
 
 
 # ---------------------------------------------------------------------------------------------- entry point

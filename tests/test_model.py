@@ -7,14 +7,15 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import CLASSIC, TINY, run_cli
 
 from tinyllm import config as C
 from tinyllm.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from tinyllm.cli import build_parser, resolve_config
+from tinyllm.cli import build_parser
 from tinyllm.errors import UserError
 from tinyllm.generate import load_model
 from tinyllm.model import GPT, ModelArgs, attention_mask, layerdrop_scales
+from tinyllm.runconfig import resolve_config
 from tinyllm.tokenizer import CharTokenizer
 
 BASE = dict(vocab_size=23, n_layer=2, n_head=4, n_embd=32, block_size=16)
@@ -168,7 +169,8 @@ def test_old_checkpoint_without_new_keys_loads(tmp_path):
 def test_old_run_generates_and_accepts_default_shape_flags(corpus, tmp_path, capsys):
     """A run folder whose checkpoint predates the options: its config and model_args lack their keys."""
     out = tmp_path / "run"
-    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "2", "--eval_interval", "0"]) == 0
+    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, *CLASSIC,
+                    "--max_steps", "2", "--eval_interval", "0"]) == 0
     ckpt = load_checkpoint(out / "ckpt.pt")
     new_keys = [f for f in ModelArgs.__dataclass_fields__ if f not in
                 ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")]
@@ -314,7 +316,7 @@ def test_bad_option_values_are_flag_errors(argv, needle):
 
 
 def test_layerdrop_training_resumes_bit_identically(corpus, tmp_path):
-    common = [*TINY, "--n_layer", "2", "--layerdrop", "0.4", "--dropout", "0.1", "--eval_interval", "0",
+    common = [*TINY, *CLASSIC, "--n_layer", "2", "--layerdrop", "0.4", "--dropout", "0.1", "--eval_interval", "0",
               "--lr_decay_steps", "12"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_cli(["--data_path", corpus, "--out_dir", straight, "--max_steps", "12", *common]) == 0
@@ -350,3 +352,18 @@ def test_qk_norm_under_bf16_autocast_uses_the_fused_kernel():
     assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
     ref, _ = model(x)  # fp32: the cast changes nothing there
     assert torch.allclose(logits.float(), ref, atol=0.1)
+
+
+def test_attention_dropout_off_keeps_dropout_on_the_residual_branches_only():
+    args = ModelArgs(vocab_size=11, n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.5,
+                     attention_dropout=False)
+    model = GPT(args)
+    attn = model.blocks[0].attn
+    assert attn.dropout == 0.0 and attn.resid_drop.p == 0.5 and model.blocks[0].mlp.drop.p == 0.5
+    assert GPT(ModelArgs(vocab_size=11, n_layer=1, n_head=2, n_embd=16, block_size=8,
+                         dropout=0.5)).blocks[0].attn.dropout == 0.5  # the default: attention weights too
+    idx = torch.randint(0, 11, (2, 8))
+    model.eval()
+    a, _ = model(idx)
+    b, _ = model(idx)
+    assert torch.equal(a, b)  # no dropout at all in eval mode

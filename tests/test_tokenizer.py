@@ -1,7 +1,9 @@
+import random
+
 import pytest
 
 from tinyllm.errors import UserError
-from tinyllm.tokenizer import CharTokenizer, tokenizer_from_json
+from tinyllm.tokenizer import CharTokenizer, split_text, tokenizer_from_json
 
 
 def test_round_trip_unicode():
@@ -33,3 +35,17 @@ def test_unknown_chars_dropped_on_request():
 def test_malformed_json():
     with pytest.raises(UserError):
         tokenizer_from_json("{not json")
+
+
+def test_char_vectorised_paths_match_the_plain_ones():
+    """The vectorised vocabulary and encoder that both data paths use agree with the per-character ones."""
+    rng = random.Random(0)
+    text = "".join(chr(rng.choice([rng.randint(32, 126), rng.randint(0x80, 0x7FF), rng.randint(0x1F300, 0x1F64F)]))
+                   for _ in range(3000))
+    tok = CharTokenizer.from_text(text)
+    assert CharTokenizer.from_chunks(split_text(text, 100)).chars == tok.chars  # the streaming vocabulary
+    assert tok.encode_array(text).tolist() == tok.encode(text)
+    probe = text[:50] + "\U0010fffd" + "\u0378" + text[50:80]  # one beyond the largest code point, one inside
+    with pytest.raises(UserError, match="not in the vocabulary"):
+        tok.encode_array(probe)
+    assert tok.encode_array(probe, drop_unknown=True).tolist() == tok.encode(probe, drop_unknown=True)

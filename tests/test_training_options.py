@@ -1,79 +1,21 @@
 """Training options: the maths of each, and that they compose with each other and with resume."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, run_cli, tiny_trainer
+from conftest import TINY, run_cli, tiny_model, tiny_trainer
 
 from tinyllm import precision as P
 from tinyllm.checkpoint import load_checkpoint
 from tinyllm.config import Config
-from tinyllm.data import curriculum_block_size, curriculum_sizes
-from tinyllm.ema import EMA
-from tinyllm.losses import training_loss
 from tinyllm.metrics import read_metrics
-from tinyllm.model import GPT, ModelArgs
-from tinyllm.optim import get_lr, make_optimizer
-from tinyllm.optimizers import Lion, newton_schulz
 from tinyllm.train import forward_backward
-
-
-def sched(**kw):
-    base = {"lr": 1.0, "lr_min": 0.1, "lr_warmup_steps": 10, "lr_decay_steps": 0, "max_steps": 100,
-            "lr_schedule": "cosine", "lr_stable_steps": 0}
-    return SimpleNamespace(**(base | kw))
-
-
-@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "constant"])
-def test_schedule_exact_points(kind):
-    cfg = sched(lr_schedule=kind, lr_stable_steps=50)
-    assert get_lr(0, cfg) == pytest.approx(0.1)
-    assert get_lr(9, cfg) == 1.0  # the last warmup step is at the full lr
-    end = 1.0 if kind == "constant" else 0.1
-    assert get_lr(99, cfg) == pytest.approx(end)  # the last step is exactly at lr_min
-    assert get_lr(10_000, cfg) == pytest.approx(end)
-    if kind == "wsd":
-        assert get_lr(59, cfg) == 1.0  # the last stable step
-        assert get_lr(60, cfg) == 1.0  # decay starts from the full lr ...
-        assert get_lr(61, cfg) < 1.0  # ... and goes down from there
-        assert get_lr(79, cfg) == pytest.approx(0.1 + 0.9 * (1 - 19 / 39))
-    if kind == "cosine":
-        mid = 10 + (99 - 10) / 2
-        assert get_lr(int(mid), cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * (int(mid) - 10) / 89)))
-    if kind == "linear":
-        assert get_lr(54, cfg) == pytest.approx(0.1 + 0.9 * (1 - 44 / 89))
-
-
-def test_wsd_default_stable_phase_is_80_percent():
-    cfg = sched(lr_schedule="wsd")
-    assert get_lr(79, cfg) == 1.0 and get_lr(81, cfg) < 1.0
-
-
-def test_decay_steps_before_max_steps():
-    cfg = sched(lr_decay_steps=50)
-    assert get_lr(49, cfg) == pytest.approx(0.1) and get_lr(80, cfg) == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("kind", ["cosine", "linear", "wsd", "constant"])
-def test_time_budgeted_schedule_follows_the_clock(kind):
-    cfg = sched(lr_schedule=kind, max_steps=0, max_time=100.0)
-    assert get_lr(0, cfg, elapsed=50.0) == pytest.approx(0.1)  # the warmup still counts steps
-    at = {t: get_lr(1000, cfg, elapsed=t) for t in (0.0, 50.0, 79.0, 90.0, 100.0, 250.0)}
-    if kind == "constant":
-        assert set(at.values()) == {1.0}
-        return
-    assert at[0.0] == pytest.approx(1.0) and at[100.0] == pytest.approx(0.1) and at[250.0] == pytest.approx(0.1)
-    expected_90 = {"cosine": 0.1 + 0.45 * (1 + math.cos(0.9 * math.pi)), "linear": 0.19, "wsd": 0.55}[kind]
-    assert at[90.0] == pytest.approx(expected_90)
-    assert at[79.0] == (1.0 if kind == "wsd" else pytest.approx(0.1 + 0.9 * (0.21 if kind == "linear" else
-                                                                             0.5 * (1 + math.cos(0.79 * math.pi)))))
 
 
 def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train(corpus, out, "--max_steps", "0", "--max_time", "1.5", "--lr_warmup_steps", "2",
+    assert train(corpus, out, "--max_steps", "0", "--max_time", "3", "--lr_warmup_steps", "2",
                  "--lr_schedule", "wsd", "--lr", "1e-2", "--lr_min", "1e-4", "--eval_interval", "100000",
                  "--log_interval", "1") == 0
     rows = read_metrics(out / "metrics.jsonl")
@@ -82,15 +24,10 @@ def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path,
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert max(lrs) == pytest.approx(1e-2) and lrs[-1] < 2e-3  # held, then decayed by the end
     ckpt = load_checkpoint(out / "ckpt.pt")
-    assert ckpt["time_s"] >= 1.5
+    assert ckpt["time_s"] >= 3
     assert "--resume" not in capsys.readouterr().err.split("done (max_time)")[-1]  # nothing left to continue
     assert run_cli(["--out_dir", out, "--resume", "--no-progress"]) == 0
     assert load_checkpoint(out / "ckpt.pt")["step"] == ckpt["step"]  # a finished budget trains no further
-
-
-def tiny_model(seed=0, **kw):
-    torch.manual_seed(seed)
-    return GPT(ModelArgs(**({"vocab_size": 13, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8} | kw)))
 
 
 def test_accumulated_gradient_equals_big_batch():
@@ -104,117 +41,6 @@ def test_accumulated_gradient_equals_big_batch():
     forward_backward(acc, [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)], cfg, fp32)
     for (name, a), b in zip(big.named_parameters(), acc.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=0), name
-
-
-def test_z_loss_lowers_logsumexp():
-    torch.manual_seed(0)
-    x = torch.randint(0, 13, (8, 8))
-    y = torch.randint(0, 13, (8, 8))
-    results = {}
-    for coef in (0.0, 0.1):
-        model = tiny_model()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for _ in range(30):
-            ce, z = training_loss(model(x)[0], y, z_coef=coef)
-            (ce if z is None else ce + z).backward()
-            opt.step()
-            opt.zero_grad()
-        with torch.no_grad():
-            results[coef] = torch.logsumexp(model(x)[0], -1).pow(2).mean().item()
-    assert results[0.1] < 0.5 * results[0.0]
-
-
-def test_z_loss_value():
-    logits = torch.randn(2, 3, 5)
-    _, z = training_loss(logits, torch.zeros(2, 3, dtype=torch.long), z_coef=0.5)
-    assert z.item() == pytest.approx(0.5 * torch.logsumexp(logits, -1).pow(2).mean().item(), rel=1e-6)
-
-
-def test_ema_matches_hand_computation():
-    model = torch.nn.Linear(3, 2)
-    ema = EMA(model, decay=0.9)
-    expected = [p.detach().clone() for p in model.parameters()]
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(3):
-        model(torch.randn(4, 3)).pow(2).sum().backward()
-        opt.step()
-        opt.zero_grad()
-        ema.update()
-        expected = [0.9 * e + 0.1 * p.detach() for e, p in zip(expected, model.parameters(), strict=True)]
-    for e, got in zip(expected, ema.model.parameters(), strict=True):
-        assert torch.allclose(e, got, atol=1e-7)
-
-
-def test_curriculum_schedule():
-    assert curriculum_sizes(32, 256) == [32, 64, 128, 256]
-    assert curriculum_sizes(256, 256) == [256]
-    sizes = [curriculum_block_size(s, 32, 256, 300) for s in range(0, 400)]
-    assert sizes[0] == 32 and sizes[99] == 32 and sizes[100] == 64 and sizes[200] == 128
-    assert sizes[299] == 128 and sizes[300] == 256 and sizes[-1] == 256
-    assert sizes == sorted(sizes)
-
-
-def test_lion_step_is_signed_interpolation():
-    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
-    opt = Lion([p], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
-    opt.state[p]["exp_avg"] = torch.tensor([1.0, 1.0, -1.0])
-    p.grad = torch.tensor([-20.0, 0.5, 0.5])
-    opt.step()
-    # update = sign(0.9*m + 0.1*g) = sign([-1.1, 0.95, -0.85]); p = p*(1 - lr*wd) - lr*update
-    expected = torch.tensor([1.0, -2.0, 3.0]) * 0.95 - 0.1 * torch.tensor([-1.0, 1.0, -1.0])
-    assert torch.allclose(p.detach(), expected)
-    assert torch.allclose(opt.state[p]["exp_avg"], torch.tensor([0.99 - 0.2, 0.99 + 0.005, -0.99 + 0.005]))
-
-
-def test_newton_schulz_orthogonalises_batches():
-    g = torch.randn(3, 16, 48)
-    o = newton_schulz(g, steps=5)
-    sv = torch.linalg.svdvals(o)
-    assert o.shape == g.shape and sv.min() > 0.5 and sv.max() < 1.3
-    tall = newton_schulz(torch.randn(48, 16))
-    assert torch.linalg.svdvals(tall).min() > 0.5
-
-
-def test_muon_beats_adamw_on_a_fixed_problem():
-    """Memorising one fixed batch with a tiny GPT, equal steps, each optimizer at its best lr of a small grid:
-    Muon reaches a clearly lower loss than AdamW."""
-    torch.manual_seed(0)
-    x = torch.randint(0, 32, (16, 32))
-    y = torch.roll(x, -1, 1)
-
-    def final_loss(**kw):
-        model = tiny_model(seed=1, vocab_size=32, n_embd=64, block_size=32)
-        opt = make_optimizer(model, Config(weight_decay=0.0, **kw), torch.device("cpu"))
-        for _ in range(30):
-            model(x, y)[1].backward()
-            opt.step()
-            opt.zero_grad()
-        return model(x, y)[1].item()
-
-    adamw = min(final_loss(lr=lr) for lr in (1e-3, 3e-3, 1e-2))
-    muon = min(final_loss(optimizer="muon", lr=3e-3, muon_lr=lr) for lr in (0.01, 0.02, 0.05))
-    assert muon < 0.7 * adamw
-
-
-def test_muon_groups_cover_every_parameter_once():
-    model = tiny_model()
-    opt = make_optimizer(model, Config(optimizer="muon"), torch.device("cpu"))
-    seen = [id(p) for g in opt.param_groups for p in g["params"]]
-    assert sorted(seen) == sorted(id(p) for p in model.parameters())
-    muon = {id(p) for g in opt.param_groups if g["use_muon"] for p in g["params"]}
-    for name, p in model.named_parameters():
-        assert (id(p) in muon) == (name.startswith("blocks.") and p.dim() == 2), name
-
-
-def test_amp_on_cpu_follows_native_bf16(monkeypatch):
-    cpu = torch.device("cpu")
-    warnings = []
-    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
-    prec = P.choose_precision(cpu, amp=True, warn=warnings.append)
-    assert prec.dtype == torch.float32 and warnings and "no native bf16" in warnings[0]
-    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
-    assert P.choose_precision(cpu, amp=True).dtype == torch.bfloat16
-    assert P.choose_precision(cpu, amp=False).dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

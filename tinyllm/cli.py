@@ -1,20 +1,19 @@
-"""argv -> config -> train | generate.
+"""argv -> config -> train | generate: the `train_tinyllm.py` / `tinyllm-train` command.
 
-Precedence: dataclass defaults < --config FILE (default config/tiny_char_gpt.json) < flags. With --resume
-or --generate_only the checkpoint's config takes the place of the defaults and the default JSON; flags
-(and the keys of an explicitly given --config) still override it, except shape settings, which must match.
+The config is resolved by tinyllm.runconfig (defaults < --config FILE < flags; on --resume and
+--generate_only the checkpoint's config in place of the defaults; with --init_from the source's shape and
+tokenizer). --generate_only runs the body of the
+`tinyllm-generate` command (tinyllm.generate_cli), so both print the same text for the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
 from tinyllm import config as C
-from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
 from tinyllm.errors import UserError
+from tinyllm.runconfig import resolve_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,50 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_config(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None]:
-    """The validated config and, for --resume/--generate_only, the loaded checkpoint."""
-    flags = {k: v for k, v in vars(ns).items() if k in C.FIELDS}
-    explicit_json = C.load_json(ns.config) if ns.config else {}
-    overrides = {**explicit_json, **flags}
-    if not (ns.resume or ns.generate_only):
-        base = C.load_json(C.DEFAULT_CONFIG_PATH) if not ns.config and C.DEFAULT_CONFIG_PATH.is_file() else {}
-        return C.validate(C.from_dict({**base, **overrides})), None
-
-    default_out = C.load_json(C.DEFAULT_CONFIG_PATH).get("out_dir", C.Config.out_dir) \
-        if C.DEFAULT_CONFIG_PATH.is_file() else C.Config.out_dir
-    out_dir = overrides.get("out_dir", default_out)
-    which = overrides.get("ckpt", "last") if ns.generate_only else "last"
-    if which not in CKPT_NAMES:
-        raise UserError(f"--ckpt must be one of {', '.join(CKPT_NAMES)}, got '{which}'")
-    ckpt = load_checkpoint(Path(out_dir) / CKPT_NAMES[which])
-    base = {k: v for k, v in ckpt["config"].items() if k in C.FIELDS and k not in C.INVOCATION_KEYS}
-    for key in C.SHAPE_KEYS:
-        # A key missing from an older checkpoint's config had its default value (the baseline model).
-        saved = base.get(key, C.FIELDS[key].default)
-        if key in overrides and overrides[key] != saved:
-            raise UserError(f"--{key} {overrides[key]} conflicts with the checkpoint in {out_dir}, which has "
-                            f"{key}={saved}; drop the flag, or train a new run in another --out_dir")
-    return C.validate(C.from_dict({**base, **overrides})), ckpt
-
-
-def run_generate(cfg: C.Config, ckpt: dict[str, Any]) -> int:
-    # The same code as the `tinyllm-generate` command, so both print the same text for the same settings.
-    from tinyllm.generate_cli import run_generation
-
-    return run_generation(cfg, ckpt)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        cfg, ckpt = resolve_config(ns)
+        cfg, ckpt, source = resolve_run(ns)
         if ns.generate_only:
-            code = run_generate(cfg, ckpt)
+            from tinyllm.generate_cli import run_generation
+
+            code = run_generation(cfg, ckpt)
         else:
             from tinyllm.train import train
 
-            code = train(cfg, resume=ckpt)
+            code = train(cfg, resume=ckpt, init=source)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

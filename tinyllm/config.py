@@ -50,7 +50,10 @@ def opt(
 @dataclass
 class Config:
     # data
-    data_path: str = opt("data/tiny_corpus.txt", "UTF-8 text file to train on.", "data")
+    data_path: str = opt("data/tiny_corpus.txt", "UTF-8 text to train on: a file; or a folder (every .txt and .md "
+                         "file under it, recursively, in sorted path order) or a quoted glob pattern such as "
+                         "'notes/**/*.txt', whose files are documents: each holds out its own last --val_fraction, "
+                         "and they are joined by the end-of-text token (bpe) or a blank line (char).", "data")
     val_fraction: float = opt(0.1, "Fraction of the text, taken from its end, held out for validation.",
                               "data", min=0.0, max=0.5)
     out_dir: str = opt("out/tiny_char_gpt", "Folder for checkpoints, metrics, logs and the tokenizer.", "data")
@@ -67,15 +70,23 @@ class Config:
                                   "training process.", "data", min=0)
 
     # model
+    init_from: str = opt("", "Start from existing weights: a tinyllm run folder (its ckpt.pt), a checkpoint file, or a "
+                         "Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder (config.json, model.safetensors, "
+                         "tokenizer.json). The model's shape settings and tokenizer come from it; the new run starts "
+                         "at step 0 with a fresh optimizer and schedule. Empty = random initialisation.", "model")
     n_layer: int = opt(4, "Number of transformer blocks.", "model", min=1, shape=True)
     n_head: int = opt(4, "Attention heads per block; must divide n_embd.", "model", min=1, shape=True)
     n_embd: int = opt(128, "Width of the residual stream (embedding size).", "model", min=1, shape=True)
     block_size: int = opt(128, "Context length in tokens.", "model", min=1, shape=True)
     dropout: float = opt(0.0, "Dropout probability in attention and MLP outputs.", "model", min=0.0, max=0.9)
+    attention_dropout: bool = opt(True, "Apply --dropout to the attention weights as well; off: only to the "
+                                  "embeddings and the attention and MLP outputs, which keeps the fused attention "
+                                  "kernel (attention-weight dropout makes a CPU step ~1.7x slower).", "model")
     bias: bool = opt(True, "Use biases in linear layers and LayerNorms.", "model", shape=True)
     weight_tying: bool = opt(False, "The output head shares the token-embedding matrix.", "model", shape=True)
-    mlp: str = opt("gelu", "MLP type: gelu (4x), swiglu or relu2 (squared ReLU).", "model",
-                   choices=("gelu", "swiglu", "relu2"), shape=True)
+    mlp: str = opt("gelu", "MLP type: gelu (4x, exact erf GELU), gelu_tanh (4x, GELU's tanh approximation: "
+                   "GPT-2's own), swiglu or relu2 (squared ReLU).", "model",
+                   choices=("gelu", "gelu_tanh", "swiglu", "relu2"), shape=True)
     mlp_hidden: int = opt(0, "MLP hidden size; 0 = auto: 4 x n_embd, or for swiglu 8/3 x n_embd rounded up to "
                           "a multiple of 64.", "model", min=0, shape=True)
     pos_encoding: str = opt("learned", "Positions: learned absolute embeddings, rope (rotary, on q and k) or "
@@ -84,6 +95,8 @@ class Config:
                             "model", min=0.0, min_exclusive=True, shape=True)
     norm: str = opt("layernorm", "Normalisation layer: layernorm or rmsnorm.", "model",
                     choices=("layernorm", "rmsnorm"), shape=True)
+    norm_eps: float = opt(1e-5, "Epsilon of the norm layers (added to the variance before the square root).",
+                          "model", min=0.0, min_exclusive=True, shape=True)
     qk_norm: bool = opt(False, "RMS-normalise q and k per head before attention.", "model", shape=True)
     parallel_block: bool = opt(False, "x + attn(norm(x)) + mlp(norm(x)) with one shared norm (GPT-J/PaLM).",
                                "model", shape=True)
@@ -139,11 +152,18 @@ class Config:
     muon_lr: float = opt(0.02, "Learning rate of the Muon-updated matrices (with --optimizer muon).", "optimizer",
                          min=0.0, min_exclusive=True)
     muon_momentum: float = opt(0.95, "Muon momentum (Nesterov).", "optimizer", min=0.0, max=1.0)
+    muon_ns_steps: int = opt(5, "Newton-Schulz iterations that orthogonalise each Muon update: fewer are cheaper "
+                             "(a fixed cost per step, large beside a small model's forward and backward on a "
+                             "CPU) and orthogonalise less exactly.", "optimizer", min=1)
 
     # schedule
     lr_schedule: str = opt("cosine", "cosine, wsd (warmup-stable-decay), constant or linear, each after the "
                            "warmup.", "schedule", choices=("cosine", "wsd", "constant", "linear"))
-    lr_stable_steps: int = opt(0, "wsd: steps at full lr after the warmup; 0 = until 80% of the decay end.",
+    lr_decay_fraction: float = opt(0.2, "wsd: the fraction of the run (of its steps, or of --max_time with "
+                                   "--max_steps 0) spent decaying, unless --lr_stable_steps is given.", "schedule",
+                                   min=0.0, min_exclusive=True, max=1.0)
+    lr_stable_steps: int = opt(0, "wsd: steps at full lr after the warmup; 0 = until --lr_decay_fraction of the "
+                               "decay end remains.",
                                "schedule", min=0)
     lr_warmup_steps: int = opt(100, "Steps of linear warmup from 0 to lr.", "schedule", min=0)
     lr_decay_steps: int = opt(0, "Steps after which the decay has reached lr_min; 0 = max_steps.", "schedule",
@@ -172,8 +192,9 @@ class Config:
     num_samples: int = opt(1, "Samples to generate with --generate_only.", "generation", min=1)
     ckpt: str = opt("last", "Checkpoint to generate from: ckpt.pt (last) or ckpt_best.pt (best).",
                     "generation", choices=("last", "best"))
-    drop_unknown_chars: bool = opt(False, "Drop prompt characters the vocabulary lacks (with a warning) "
-                                   "instead of stopping with an error.", "generation")
+    drop_unknown_chars: bool = opt(False, "Drop characters the vocabulary lacks (with a warning) instead of "
+                                   "stopping with an error: in prompts, and in the training text of an --init_from "
+                                   "run whose model has a char vocabulary.", "generation")
     kv_cache: bool = opt(True, "Cache keys and values during generation: one position per step instead of "
                          "the whole context; the same tokens.", "generation")
     stop: str = opt("", "Stop a sample where the generated text first contains this string (the string is not "
@@ -222,6 +243,11 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+# Below this a temperature or repetition penalty divides float32 logits into infinities and sampling fails;
+# 1e-6 already samples exactly like greedy.
+MIN_SAMPLING_SCALE, MAX_REPETITION_PENALTY = 1e-6, 1e6
+
+
 def validate(cfg: Config) -> Config:
     """Check every value's range and choices, and the constraints between settings."""
     for name, f in FIELDS.items():
@@ -237,6 +263,11 @@ def validate(cfg: Config) -> Config:
             raise UserError(f"--{name} must be {bound}, got {value}")
         if hi is not None and value > hi:
             raise UserError(f"--{name} must be at most {hi}, got {value}")
+    if 0 < cfg.temperature < MIN_SAMPLING_SCALE:
+        raise UserError(f"--temperature must be 0 (greedy) or at least {MIN_SAMPLING_SCALE:g}, got {cfg.temperature}")
+    if not MIN_SAMPLING_SCALE <= cfg.repetition_penalty <= MAX_REPETITION_PENALTY:
+        raise UserError(f"--repetition_penalty must be between {MIN_SAMPLING_SCALE:g} and "
+                        f"{MAX_REPETITION_PENALTY:g}, got {cfg.repetition_penalty}")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n_embd ({cfg.n_embd}) must be divisible by --n_head ({cfg.n_head})")
     if cfg.n_kv_head and cfg.n_head % cfg.n_kv_head:
@@ -322,3 +353,110 @@ def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None 
                 kwargs["choices"] = meta["choices"]
                 kwargs.pop("metavar")
         groups[meta["group"]].add_argument(f"--{name}", **kwargs)
+
+
+# --- the settings reference (docs/settings.md) is rendered from the fields above ---------------------------------
+
+GROUP_TITLES = {
+    "data": "Data", "model": "Model", "training": "Training", "optimizer": "Optimizer",
+    "schedule": "Learning-rate schedule", "eval": "Evaluation, logging and checkpoints",
+    "generation": "Generation", "system": "System",
+}
+MARKDOWN_COMMAND = "python -m tinyllm.config --markdown > docs/settings.md"
+
+
+def _md_text(text: str) -> str:
+    """Help text made safe for a markdown table cell: a `|` would end the cell and a `\\` would escape."""
+    return text.replace("\\", "\\\\").replace("|", "&#124;").replace("<", "&lt;").replace("*", "\\*")
+
+
+def _md_default(f: dataclasses.Field) -> str:
+    return f"`{json.dumps(f.default)}`"
+
+
+def _md_allowed(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta["choices"]:
+        return ", ".join(f"`{c}`" for c in meta["choices"])
+    lo, hi = meta["min"], meta["max"]
+    if lo is not None and hi is not None:
+        return f"{lo:g} to {hi:g}" if not meta["min_exclusive"] else f"> {lo:g}, ≤ {hi:g}"
+    if lo is not None:
+        return f"> {lo:g}" if meta["min_exclusive"] else f"≥ {lo:g}"
+    if hi is not None:
+        return f"≤ {hi:g}"
+    return ""
+
+
+def _md_flag(name: str, f: dataclasses.Field) -> str:
+    if _type_of(f) is bool:
+        return f"`--{name}` / `--no-{name}`"
+    return f"`--{name}`"
+
+
+def _md_slug(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to dashes."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+_MD_PREAMBLE = f"""\
+# Settings
+
+<!-- Generated from the Config dataclass in tinyllm/config.py by `{MARKDOWN_COMMAND}`.
+     Do not edit by hand: change the field in tinyllm/config.py and regenerate. -->
+
+Every setting of tinyllm is one field of the `Config` dataclass in `tinyllm/config.py`. Its command-line flag,
+JSON key, help text, default, allowed values and its field in the GUI's form all come from that declaration,
+and so does this page (`{MARKDOWN_COMMAND}`; a test fails when the page is stale).
+`python train_tinyllm.py --help` prints the same list.
+
+- **Precedence.** Dataclass defaults < `--config FILE.json` (default `config/tiny_char_gpt.json`) <
+  command-line flags. An explicit `--config` replaces the default JSON.
+- **JSON keys** are the flag names without the dashes (`"n_layer": 4`). An unknown key, a wrong type or an
+  out-of-range value is an error that names the key.
+- **Switches** are `--name` / `--no-name` on the command line (`--no_name` works too), `true` / `false` in JSON.
+- **Resuming.** With `--resume` or `--generate_only` the checkpoint's settings take the place of the defaults
+  and the default JSON; the flags you give still override them. Settings marked *shape* define the model's
+  tensors or vocabulary: a value that differs from the checkpoint's is an error. Settings marked *launch*
+  belong to one launch, not to the run, and are never taken from the checkpoint.
+- **Starting from a model.** With `--init_from PATH` the model's shape settings and its tokenizer come from
+  PATH (a run, a checkpoint or a Hugging Face folder); a shape flag you give must agree with it. Everything else
+  (learning rate, schedule, dropout, optimizer, steps, data) is yours.
+- **Run modes** are flags of `train_tinyllm.py`, not settings: `--resume` continues the run in `--out_dir`
+  from its `ckpt.pt`, `--generate_only` samples from its checkpoint instead of training.
+"""
+
+
+def settings_markdown() -> str:
+    """The settings reference, one table per group, rendered from the Config dataclass (docs/settings.md)."""
+    out = [_MD_PREAMBLE + "\nGroups: " + " · ".join(f"[{GROUP_TITLES[g]}](#{_md_slug(GROUP_TITLES[g])})"
+                                                    for g in GROUPS)]
+    for group in GROUPS:
+        out += ["", f"## {GROUP_TITLES[group]}", "",
+                "| flag | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for name, f in FIELDS.items():
+            meta = f.metadata
+            if meta["group"] != group:
+                continue
+            marks = [m for m, on in (("shape", meta["shape"]), ("launch", meta["invocation"])) if on]
+            text = _md_text(meta["help"]) + "".join(f" *{m}*" for m in marks)
+            out.append(f"| {_md_flag(name, f)} | {_type_of(f).__name__} | {_md_default(f)} | {_md_allowed(f)} "
+                       f"| {text} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tinyllm.config",
+                                     description="Print the settings reference rendered from the Config dataclass.")
+    parser.add_argument("--markdown", action="store_true", required=True,
+                        help=f"print docs/settings.md as markdown ({MARKDOWN_COMMAND})")
+    parser.parse_args(argv)
+    sys.stdout.buffer.write(settings_markdown().encode("utf-8"))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tinyllm.device import trains_on_cuda
 from tinyllm.errors import UserError
 
 TORCHRUN_HINT = "torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp [flags]"
@@ -74,7 +75,7 @@ def setup(enabled: bool, backend: str, device: str = "auto") -> Dist:
     if missing:
         raise UserError(f"--ddp needs the environment that torchrun sets ({', '.join(missing)} missing); launch "
                         f"with: {TORCHRUN_HINT}")
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    on_gpu = trains_on_cuda(device)  # the rule resolve_device follows, asked before any device is built
     if backend == "auto":
         backend = "nccl" if on_gpu and sys.platform.startswith("linux") else "gloo"
     if backend == "nccl" and not on_gpu:

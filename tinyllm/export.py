@@ -1,358 +1,118 @@
-"""Export a run to a Hugging Face model folder that `transformers` loads with no custom code.
+"""Export a run so that other programs can run it: a Hugging Face folder or a GGUF file for llama.cpp.
 
     python -m tinyllm.export --out_dir RUN --format hf --output DIR [--ckpt last|best]
+    python -m tinyllm.export --out_dir RUN --format gguf --output model.gguf [--dtype f32|f16|q8_0] [--ckpt best]
 
-The position scheme picks the target: learned positions -> `GPT2LMHeadModel`, RoPE -> `LlamaForCausalLM`.
-Every other option must then be one that the target computes exactly; anything else is refused with an error
-naming the option, because an export that loads but computes something else would be worse than none.
+The work lives in `export_hf` (transformers' GPT2LMHeadModel / LlamaForCausalLM) and `export_gguf` (llama.cpp's
+`gpt2` / `llama` architectures), on the rules they share in `export_common` (which model options an exporter
+knows, HANDLED_FIELDS; the options no target can represent). This module holds the command line and `check`:
+what a run would export as, or the UserError that names the option(s) that prevent it, without writing
+anything (the GUI shows it before its Export button is pressed).
 
-The weights are renamed (and for GPT-2 transposed: its layers are `Conv1D`, which store (in, out)), loaded
-strictly into the transformers model (a missing or extra tensor is an error), checked against tinyllm's own
-logits on a short input, and saved with `save_pretrained` as safetensors. tinyllm's RoPE already uses the
-split-halves pairing of Llama's `rotate_half`, so q and k need no permutation. The tokenizer is written as a
-`tokenizers` JSON that `PreTrainedTokenizerFast` reads: the BPE as it is, the char tokenizer as a word-level
-vocabulary of single characters after a pre-tokenizer that splits every character apart.
-
-The folder is built under a temporary name beside --output and renamed into place only when complete, so an
-interrupted or failed export never leaves a half-written model folder.
+An export that loads but computes something else would be worse than none, so every option is either mapped
+exactly or refused; a refusal exits with status 2 and one line naming the option, and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
+import shlex
 import sys
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tinyllm.errors import UserError
-from tinyllm.model import GPT, NORMS, ModelArgs, mlp_hidden_size
-from tinyllm.tokenizer import EOT_TOKEN
-
-EXPORT_HINT = 'pip install -e ".[export]"'
-# fp32 logits of the exported model must match tinyllm's this closely on the self-check input.
-SELF_CHECK_TOL = 1e-3
-
-Tensors = dict[str, torch.Tensor]
-
-
-def _transformers() -> Any:
-    try:
-        import safetensors  # noqa: F401 - save_pretrained needs it for the weights file
-        import transformers
-    except ImportError:
-        raise UserError("--format hf needs the `transformers` and `safetensors` packages; install the extra: "
-                        f"{EXPORT_HINT}") from None
-    return transformers
+from tinyllm.export_common import (  # noqa: F401 - HANDLED_FIELDS is re-exported for tests and readers
+    DEFAULT_GGUF_DTYPE,
+    FORMATS,
+    GGUF_DTYPES,
+    HANDLED_FIELDS,
+)
+from tinyllm.model import ModelArgs
 
 
-# --- which target, and whether this run fits it -----------------------------------------------------------
+def check(args: ModelArgs, tokenizer: Any, fmt: str, dtype: str | None = None) -> str:
+    """What this model exports as in `fmt` (one line), or the UserError that names what prevents it."""
+    if fmt == "hf":
+        from tinyllm.export_hf import describe
 
-@dataclass(frozen=True)
-class Target:
-    architecture: str  # the transformers class the folder loads as
-    config: Callable[[ModelArgs, int | None], Any]  # (model args, end-of-text id) -> transformers config
-    weights: Callable[[Tensors, ModelArgs], Tensors]  # tinyllm state dict -> transformers state dict
-    # (flag, this run's value, the value the target needs) for the options it has only one setting of
-    needs: Callable[[ModelArgs], list[tuple[str, Any, Any]]]
+        return describe(args, tokenizer)
+    if fmt == "gguf":
+        from tinyllm.export_gguf import describe
 
-
-# Every ModelArgs field, as the exporter sees it. A new architecture option must be added here (and mapped or
-# refused in choose_target); tests/test_export.py fails until it is, so no option is exported by accident.
-HANDLED_FIELDS = frozenset({
-    "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias", "weight_tying", "mlp", "mlp_hidden",
-    "pos_encoding", "rope_theta", "norm", "qk_norm", "parallel_block", "sliding_window", "n_kv_head",
-    "logit_softcap",
-    "dropout", "layerdrop", "grad_checkpointing",  # training only: no effect on an evaluated model's logits
-})
+        return describe(args, tokenizer, dtype or DEFAULT_GGUF_DTYPE)
+    raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
 
 
-def _common_needs(a: ModelArgs) -> list[tuple[str, Any, Any]]:
-    """(flag, this run's value, the value the export needs), for options neither target has."""
-    return [
-        ("parallel_block", a.parallel_block, False),
-        ("qk_norm", a.qk_norm, False),
-        ("sliding_window", a.sliding_window if a.window < a.block_size else 0, 0),
-        ("logit_softcap", a.logit_softcap, 0.0),
-    ]
+def check_run(out_dir: str | Path, which: str, fmt: str, dtype: str | None = None) -> str:
+    """check() for the checkpoint `which` of the run in out_dir (loads it; writes nothing)."""
+    from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
+    from tinyllm.tokenizer import tokenizer_from_json
+
+    ckpt = load_checkpoint(Path(out_dir) / CKPT_NAMES[which])
+    return check(ModelArgs(**ckpt["model_args"]), tokenizer_from_json(ckpt["tokenizer"]), fmt, dtype)
 
 
-def _flag(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no-{name}"
-    return f"--{name} {value}"
+def default_output(out_dir: str | Path, fmt: str, dtype: str | None = None, which: str = "last") -> Path:
+    """Where the GUI suggests writing: beside the run, named after it."""
+    out = Path(out_dir)
+    suffix = "" if which == "last" else f"-{which}"
+    if fmt == "gguf":
+        return out.parent / "export" / f"{out.name}{suffix}-{dtype or DEFAULT_GGUF_DTYPE}.gguf"
+    return out.parent / "export" / f"{out.name}{suffix}-hf"
 
 
-def choose_target(a: ModelArgs) -> Target:
-    """The target for these settings, or a UserError naming the first option that prevents export."""
-    for f in fields(a):  # an option newer than this exporter: only its default (the old behaviour) is safe
-        if f.name not in HANDLED_FIELDS and getattr(a, f.name) != f.default:
-            raise UserError(f"cannot export {_flag(f.name, getattr(a, f.name))} to Hugging Face: this exporter "
-                            "does not know that option yet")
-    target = TARGETS.get(a.pos_encoding)
-    if target is None:
-        raise UserError(f"cannot export {_flag('pos_encoding', a.pos_encoding)} to Hugging Face: neither "
-                        "GPT2LMHeadModel (--pos_encoding learned) nor LlamaForCausalLM (--pos_encoding rope) "
-                        "has a model without positions")
-    for name, have, need in _common_needs(a) + target.needs(a):
-        if have != need:
-            chosen = _flag("pos_encoding", a.pos_encoding)
-            raise UserError(f"cannot export {_flag(name, have)} to Hugging Face: {chosen} exports as "
-                            f"{target.architecture}, which needs {_flag(name, need)}")
-    return target
+def command(out_dir: str | Path, fmt: str, output: str | Path, which: str = "last", dtype: str | None = None,
+            no_ema: bool = False, overwrite: bool = False) -> list[str]:
+    """The argv (after `python`) of the export command with these settings; defaults are left out."""
+    argv = ["-m", "tinyllm.export", "--out_dir", str(out_dir), "--format", fmt, "--output", str(output)]
+    if fmt == "gguf" and dtype and dtype != DEFAULT_GGUF_DTYPE:
+        argv += ["--dtype", dtype]
+    if which != "last":
+        argv += ["--ckpt", which]
+    if no_ema:
+        argv.append("--no_ema")
+    if overwrite:
+        argv.append("--overwrite")
+    return argv
 
 
-# --- weight renaming --------------------------------------------------------------------------------------
-
-def _linear(out: Tensors, dst: str, sd: Tensors, src: str, transpose: bool = False, bias: bool = True) -> None:
-    """Copy a Linear's weight (transposed for GPT-2's Conv1D) and bias; a target that always has a bias gets
-    zeros where tinyllm has none (--no-bias), which computes the same thing."""
-    w = sd[f"{src}.weight"]
-    out[f"{dst}.weight"] = w.t() if transpose else w
-    if bias:
-        out[f"{dst}.bias"] = sd.get(f"{src}.bias", torch.zeros(w.shape[0], dtype=w.dtype))
-
-
-def _norm(out: Tensors, dst: str, sd: Tensors, src: str, bias: bool) -> None:
-    w = sd[f"{src}.weight"]
-    out[f"{dst}.weight"] = w
-    if bias:
-        out[f"{dst}.bias"] = sd.get(f"{src}.bias", torch.zeros_like(w))
-
-
-def gpt2_weights(sd: Tensors, a: ModelArgs) -> Tensors:
-    out: Tensors = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"]}
-    for i in range(a.n_layer):
-        src, dst = f"blocks.{i}", f"transformer.h.{i}"
-        _norm(out, f"{dst}.ln_1", sd, f"{src}.norm1", bias=True)
-        _linear(out, f"{dst}.attn.c_attn", sd, f"{src}.attn.qkv", transpose=True)
-        _linear(out, f"{dst}.attn.c_proj", sd, f"{src}.attn.proj", transpose=True)
-        _norm(out, f"{dst}.ln_2", sd, f"{src}.norm2", bias=True)
-        _linear(out, f"{dst}.mlp.c_fc", sd, f"{src}.mlp.fc", transpose=True)
-        _linear(out, f"{dst}.mlp.c_proj", sd, f"{src}.mlp.proj", transpose=True)
-    _norm(out, "transformer.ln_f", sd, "norm_f", bias=True)
-    out["lm_head.weight"] = sd["head.weight"]
-    return out
-
-
-def llama_weights(sd: Tensors, a: ModelArgs) -> Tensors:
-    out: Tensors = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
-    kv_dim = a.kv_heads * a.head_dim
-    for i in range(a.n_layer):
-        src, dst = f"blocks.{i}", f"model.layers.{i}"
-        out[f"{dst}.input_layernorm.weight"] = sd[f"{src}.norm1.weight"]
-        # tinyllm fuses q, k and v into one matrix, in that order along the output dimension.
-        for part in ("weight", "bias") if a.bias else ("weight",):
-            q, k, v = sd[f"{src}.attn.qkv.{part}"].split([a.n_embd, kv_dim, kv_dim], dim=0)
-            out.update({f"{dst}.self_attn.q_proj.{part}": q, f"{dst}.self_attn.k_proj.{part}": k,
-                        f"{dst}.self_attn.v_proj.{part}": v})
-            # SwiGLU's fused matrix holds the gate first, then the up projection.
-            gate, up = sd[f"{src}.mlp.fc.{part}"].chunk(2, dim=0)
-            out.update({f"{dst}.mlp.gate_proj.{part}": gate, f"{dst}.mlp.up_proj.{part}": up})
-        _linear(out, f"{dst}.self_attn.o_proj", sd, f"{src}.attn.proj", bias=a.bias)
-        _linear(out, f"{dst}.mlp.down_proj", sd, f"{src}.mlp.proj", bias=a.bias)
-        out[f"{dst}.post_attention_layernorm.weight"] = sd[f"{src}.norm2.weight"]
-    out["model.norm.weight"] = sd["norm_f.weight"]
-    out["lm_head.weight"] = sd["head.weight"]
-    return out
-
-
-# --- configs ----------------------------------------------------------------------------------------------
-
-def gpt2_config(a: ModelArgs, eot_id: int | None) -> Any:
-    t = _transformers()
-    return t.GPT2Config(
-        vocab_size=a.vocab_size, n_positions=a.block_size, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
-        n_inner=mlp_hidden_size(a),
-        activation_function="gelu",  # exact (erf) GELU, as F.gelu; GPT-2's default "gelu_new" is the tanh one
-        resid_pdrop=a.dropout, embd_pdrop=a.dropout, attn_pdrop=a.dropout,
-        layer_norm_epsilon=NORMS["layernorm"](a.n_embd, True).eps, bos_token_id=eot_id, eos_token_id=eot_id,
-        pad_token_id=None, tie_word_embeddings=a.weight_tying, architectures=["GPT2LMHeadModel"],
-    )
-
-
-def llama_config(a: ModelArgs, eot_id: int | None) -> Any:
-    t = _transformers()
-    return t.LlamaConfig(
-        vocab_size=a.vocab_size, hidden_size=a.n_embd, intermediate_size=mlp_hidden_size(a),
-        num_hidden_layers=a.n_layer, num_attention_heads=a.n_head, num_key_value_heads=a.kv_heads,
-        head_dim=a.head_dim, hidden_act="silu", max_position_embeddings=a.block_size,
-        rms_norm_eps=NORMS["rmsnorm"](a.n_embd, False).eps, rope_theta=a.rope_theta,
-        attention_bias=a.bias, mlp_bias=a.bias, attention_dropout=a.dropout,
-        # Llama's defaults (bos 1, eos 2) would make generate stop at whatever token has id 2.
-        bos_token_id=None, eos_token_id=eot_id, pad_token_id=None,
-        tie_word_embeddings=a.weight_tying, architectures=["LlamaForCausalLM"],
-    )
-
-
-TARGETS: dict[str, Target] = {
-    "learned": Target("GPT2LMHeadModel", gpt2_config, gpt2_weights, lambda a: [
-        ("norm", a.norm, "layernorm"), ("mlp", a.mlp, "gelu"),
-        ("n_kv_head", a.kv_heads, a.n_head)]),
-    "rope": Target("LlamaForCausalLM", llama_config, llama_weights, lambda a: [
-        ("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")]),
-}
-
-
-# --- tokenizer --------------------------------------------------------------------------------------------
-
-def tokenizer_backend(tokenizer: Any) -> Any:
-    """A `tokenizers.Tokenizer` that gives the same ids as ours for every text ours accepts."""
-    try:
-        import tokenizers as tk
-    except ImportError:
-        raise UserError(f"--format hf needs the `tokenizers` package; install the extra: {EXPORT_HINT}") from None
-    if tokenizer.kind == "bpe":
-        return tk.Tokenizer.from_str(json.dumps(json.loads(tokenizer.to_json())["tokenizers"]))
-    # One piece per code point ([\s\S]: Oniguruma's "." skips newlines), each looked up whole. There is no
-    # unknown token, as in tinyllm: a character outside the vocabulary is an error, never a silent id.
-    backend = tk.Tokenizer(tk.models.WordLevel({c: i for i, c in enumerate(tokenizer.chars)}, unk_token=None))
-    backend.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = tk.decoders.Fuse()  # join the characters with nothing between them
-    return backend
-
-
-def write_tokenizer(tokenizer: Any, folder: Path, block_size: int) -> int | None:
-    """tokenizer.json, tokenizer_config.json and special_tokens_map.json; returns the end-of-text id."""
-    backend = tokenizer_backend(tokenizer)
-    (folder / "tokenizer.json").write_text(backend.to_str(), encoding="utf-8")
-    specials = {"eos_token": EOT_TOKEN, "bos_token": EOT_TOKEN, "pad_token": EOT_TOKEN} \
-        if tokenizer.kind == "bpe" else {}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
-              "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False, **specials}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                  encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n", encoding="utf-8")
-    return backend.token_to_id(EOT_TOKEN) if specials else None
-
-
-def generation_config(cfg: dict[str, Any], eot_id: int | None, block_size: int) -> Any:
-    """The run's sampling settings as a GenerationConfig (temperature 0 = greedy, top_k 0 = off)."""
-    t = _transformers()
-    greedy = cfg.get("temperature", 0.8) == 0
-    sampling = {} if greedy else {"temperature": cfg.get("temperature", 0.8), "top_k": cfg.get("top_k", 0),
-                                  "top_p": cfg.get("top_p", 1.0)}
-    # max_length, not the run's sample length: transformers does not slide the context window as tinyllm
-    # does, and GPT-2's learned positions end at block_size.
-    return t.GenerationConfig(do_sample=not greedy, max_length=block_size,
-                              repetition_penalty=cfg.get("repetition_penalty", 1.0), bos_token_id=None,
-                              eos_token_id=eot_id, pad_token_id=eot_id, **sampling)
-
-
-# --- the export -------------------------------------------------------------------------------------------
-
-def build_hf_model(model: GPT, target: Target, eot_id: int | None) -> Any:
-    """The transformers model holding `model`'s weights (strictly: every tensor accounted for)."""
-    t = _transformers()
-    a = model.args
-    hf = getattr(t, target.architecture)(target.config(a, eot_id)).float().eval()
-    mapped = {k: v.detach().float().contiguous() for k, v in target.weights(model.state_dict(), a).items()}
-    missing, unexpected = hf.load_state_dict(mapped, strict=False)
-    params = {n for n, _ in hf.named_parameters(remove_duplicate=False)}
-    missing = [k for k in missing if k in params]
-    if missing or unexpected:  # a tinyllm change the mapping does not know about: never export it half-mapped
-        raise RuntimeError(f"export mapping is out of date: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if a.weight_tying:
-        hf.tie_weights()
-    return hf
-
-
-@torch.no_grad()
-def self_check(model: GPT, hf: Any) -> float:
-    """Max |logit difference| between tinyllm and the transformers model on a fixed input."""
-    n = min(model.args.block_size, 16)
-    idx = torch.randint(0, model.args.vocab_size, (2, n), generator=torch.Generator().manual_seed(0))
-    ours = model.float().eval()(idx)[0]
-    theirs = hf(input_ids=idx).logits
-    return float((ours - theirs).abs().max())
-
-
-def _finish(folder: Path) -> None:
-    """Give the folder and its files the modes a plain mkdir/open would have (mkdtemp makes the folder
-    private), and fsync the files so that the rename publishes complete ones."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _place(tmp: Path, output: Path) -> None:
-    """Rename the finished folder to --output; an old --output (only with --overwrite) goes only after."""
-    if output.exists() and any(output.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-        os.replace(output, old / output.name)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if output.exists():
-            output.rmdir()
-        os.replace(tmp, output)
-
-
-def export_hf(out_dir: str | Path, output: str | Path, which: str = "last", use_ema: bool = True,
-              overwrite: bool = False) -> Path:
-    """Write the Hugging Face folder for the run in out_dir; returns its path."""
-    from tinyllm.generate import load_model
-
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise UserError(f"--output {output} already exists and is not empty; choose another folder or pass "
-                        "--overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} is a file; choose a folder")
-    _transformers().utils.logging.disable_progress_bar()  # one line of output, not a bar per file
-    model, tokenizer, ckpt = load_model(str(out_dir), which, "cpu", use_ema=use_ema)
-    target = choose_target(model.args)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        eot_id = write_tokenizer(tokenizer, tmp, model.args.block_size)
-        hf = build_hf_model(model, target, eot_id)
-        diff = self_check(model, hf)
-        if not diff <= SELF_CHECK_TOL:
-            raise RuntimeError(f"the exported {target.architecture} computes different logits from tinyllm "
-                               f"(max difference {diff:.2e}); please report this with the run's config.json")
-        hf.save_pretrained(tmp, safe_serialization=True)
-        generation_config(ckpt["config"], eot_id, model.args.block_size).save_pretrained(tmp)
-        _finish(tmp)
-        _place(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"exported {out_dir} (step {ckpt['step']}) as {target.architecture} to {output} "
-          f"(max logit difference {diff:.1e})", file=sys.stderr)
-    return output
+def command_text(argv: list[str]) -> str:
+    return shlex.join(["python", *argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tinyllm.export",
-                                description="Export a tinyllm run to a Hugging Face model folder.")
+                                description="Export a tinyllm run to a Hugging Face folder or a GGUF file.")
     p.add_argument("--out_dir", required=True, help="The run folder (holding ckpt.pt).")
-    p.add_argument("--format", choices=("hf",), default="hf",
-                   help="hf: a transformers folder (safetensors, config.json, tokenizer, generation_config.json).")
-    p.add_argument("--output", required=True, help="Folder to write; it must not exist or be empty.")
+    p.add_argument("--format", choices=tuple(FORMATS), default="hf",
+                   help="hf: a transformers folder (safetensors, config.json, tokenizer, generation_config.json); "
+                        "gguf: one file for llama.cpp, Ollama and LM Studio.")
+    p.add_argument("--output", required=True, help="The folder (hf) or file (gguf) to write; it must not exist "
+                   "(an empty folder is fine) unless --overwrite.")
     p.add_argument("--ckpt", choices=("last", "best"), default="last", help="ckpt.pt (last) or ckpt_best.pt (best).")
+    p.add_argument("--dtype", choices=GGUF_DTYPES, default=None,
+                   help=f"GGUF only: the weights' type (default {DEFAULT_GGUF_DTYPE}); norms and biases stay f32.")
     p.add_argument("--no_ema", action="store_true", help="Export the raw weights even if the run kept an EMA.")
-    p.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output (only once the new "
-                   "folder is complete).")
+    p.add_argument("--overwrite", action="store_true", help="Replace an existing --output (only once the new "
+                   "one is complete).")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     try:
-        export_hf(ns.out_dir, ns.output, ns.ckpt, use_ema=not ns.no_ema, overwrite=ns.overwrite)
+        if ns.format == "hf":
+            if ns.dtype is not None:
+                raise UserError("--dtype applies to --format gguf only; a Hugging Face folder is written in float32")
+            from tinyllm.export_hf import export_hf
+
+            export_hf(ns.out_dir, ns.output, ns.ckpt, use_ema=not ns.no_ema, overwrite=ns.overwrite)
+        else:
+            from tinyllm.export_gguf import export_gguf
+
+            export_gguf(ns.out_dir, ns.output, ns.ckpt, dtype=ns.dtype or DEFAULT_GGUF_DTYPE,
+                        use_ema=not ns.no_ema, overwrite=ns.overwrite)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,7 +18,7 @@ Both paths therefore compute the same logits (up to float rounding) and, greedil
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -209,10 +209,12 @@ class StopScanner:
 
 
 def stream_text(model: GPT, tokenizer, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                generator: torch.Generator | None = None, stops: list[str] | None = None) -> Iterator[str]:
+                generator: torch.Generator | None = None, stops: list[str] | None = None
+                ) -> Generator[str, None, str]:
     """Yield, once per generated token, the new text that may be shown (often "", e.g. while a BPE character
     or a possible stop string is incomplete). The pieces joined are the continuation, which ends just before
-    the first stop string: generation stops there, and the stop string itself is not part of it."""
+    the first stop string: generation stops there, and the stop string itself is not part of it. The
+    generator's return value says why it ended: "stop" (a stop string) or "length" (max_new_tokens)."""
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     scanner = StopScanner(stops or [])
@@ -228,7 +230,8 @@ def stream_text(model: GPT, tokenizer, ids: list[int], max_new_tokens: int, para
             yield text[shown:end]
             shown = max(shown, end)
             if stopped:
-                return
+                return "stop"
+    return "length"
 
 
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, params: SamplingParams,
@@ -239,10 +242,3 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, param
     ids = prompt_ids(tokenizer, prompt, drop_unknown)
     return prompt + "".join(stream_text(model, tokenizer, ids, max_new_tokens, params, gen, stops))
 
-
-if __name__ == "__main__":
-    # `python -m tinyllm.generate`: the command lives in tinyllm.generate_cli (this module stays importable
-    # by the trainer without argparse and I/O code).
-    from tinyllm.generate_cli import main
-
-    main()

@@ -1,10 +1,10 @@
-"""The generation command: `tinyllm-generate` / `python -m tinyllm.generate --out_dir RUN ...`.
+"""The generation command: `tinyllm-generate` / `python -m tinyllm.generate_cli --out_dir RUN ...`.
 
 It takes the generation settings of the trainer's CLI (the same dataclass fields, help and validation) and
-resolves them the way `train_tinyllm.py --generate_only` does: the checkpoint's config, overridden by the
-flags given. `--generate_only` itself runs `run_generation` below, so both print the same text for the same
-settings. `--interactive` keeps the model loaded and reads one prompt per line until EOF, an empty line or
-Ctrl+C.
+resolves them the way `train_tinyllm.py --generate_only` does (tinyllm.runconfig): the checkpoint's config,
+overridden by the flags given. `--generate_only` itself runs `run_generation` below, so both print the same
+text for the same settings. `--interactive` keeps the model loaded and reads one prompt per line until EOF,
+an empty line or Ctrl+C.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import torch
 
 from tinyllm import config as C
 from tinyllm.checkpoint import CKPT_NAMES
+from tinyllm.device import resolve_device
 from tinyllm.errors import UserError
 from tinyllm.generate import SamplingParams, model_from_checkpoint, parse_stop, prompt_ids, stream_text
+from tinyllm.runconfig import resolve_config
 
 # The settings this command takes: where the run is, what to sample, and with what.
 FLAGS = ("out_dir", "seed", "ema", "device",
@@ -31,8 +33,6 @@ class _Session:
     """A loaded model and everything needed to sample from it, kept for as many prompts as come."""
 
     def __init__(self, cfg: C.Config, ckpt: dict[str, Any]):
-        from tinyllm.train import resolve_device
-
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.model, self.tokenizer = model_from_checkpoint(ckpt, self.device, use_ema=cfg.ema)
@@ -119,8 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tinyllm.cli import resolve_config
-
     ns = build_parser().parse_args(argv)
     interactive = ns.interactive
     # The trainer's own resolution for --generate_only: checkpoint config < flags, shapes checked.

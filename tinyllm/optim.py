@@ -25,9 +25,10 @@ def lr_factor(step: int, cfg: Any, elapsed: float = 0.0) -> float:
     Warmup: step s < W uses (s+1)/W, so the last warmup step is at the full lr. Then, by --lr_schedule:
     constant stays at 1; cosine and linear decay from 1 at step W to lr_min/lr at the last step before
     --lr_decay_steps (default max_steps); wsd stays at 1 until --lr_stable_steps after the warmup (default:
-    80% of the decay end), then decays linearly to lr_min/lr at the same last step. After it: lr_min/lr.
+    until the last --lr_decay_fraction, 20%, of the decay end remains), then decays linearly to lr_min/lr at
+    the same last step. After it: lr_min/lr.
     With --max_steps 0 the same shapes are laid over time: progress is `elapsed` / --max_time (wsd decays
-    over the last 20% of the time).
+    over the last --lr_decay_fraction of the time).
     """
     warmup = cfg.lr_warmup_steps
     floor = cfg.lr_min / cfg.lr
@@ -36,11 +37,12 @@ def lr_factor(step: int, cfg: Any, elapsed: float = 0.0) -> float:
     if cfg.lr_schedule == "constant":
         return 1.0
     if cfg.max_steps == 0:
-        return _time_factor(min(1.0, elapsed / cfg.max_time), cfg.lr_schedule, floor)
+        return _time_factor(min(1.0, elapsed / cfg.max_time), cfg.lr_schedule, floor, cfg.lr_decay_fraction)
     last = (cfg.lr_decay_steps or cfg.max_steps) - 1
     start = warmup
     if cfg.lr_schedule == "wsd":
-        start = warmup + cfg.lr_stable_steps if cfg.lr_stable_steps else max(warmup, int(0.8 * (last + 1)))
+        stable_end = int((1 - cfg.lr_decay_fraction) * (last + 1))
+        start = warmup + cfg.lr_stable_steps if cfg.lr_stable_steps else max(warmup, stable_end)
         if step < start:
             return 1.0
     if step >= last:
@@ -51,12 +53,12 @@ def lr_factor(step: int, cfg: Any, elapsed: float = 0.0) -> float:
     return floor + (1.0 - floor) * (1.0 - progress)  # linear, and wsd's decay
 
 
-def _time_factor(done: float, schedule: str, floor: float) -> float:
+def _time_factor(done: float, schedule: str, floor: float, decay_fraction: float = 0.2) -> float:
     """lr factor after the warmup of a time-budgeted run, `done` being the fraction of the time spent."""
     if schedule == "wsd":
-        if done < 0.8:
+        if done < 1 - decay_fraction:
             return 1.0
-        done = (done - 0.8) / 0.2
+        done = (done - (1 - decay_fraction)) / decay_fraction
     if schedule == "cosine":
         return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * done))
     return floor + (1.0 - floor) * (1.0 - done)  # linear, and wsd's decay
@@ -73,7 +75,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> to
     if cfg.optimizer == "muon":
         from tinyllm.optimizers import Muon, muon_param_groups
 
-        opt: torch.optim.Optimizer = Muon(muon_param_groups(model, cfg), momentum=cfg.muon_momentum, betas=betas)
+        opt: torch.optim.Optimizer = Muon(muon_param_groups(model, cfg), momentum=cfg.muon_momentum, betas=betas,
+                                          ns_steps=cfg.muon_ns_steps)
     else:
         groups = param_groups(model, cfg.weight_decay)
         if cfg.optimizer == "lion":

@@ -6,11 +6,20 @@ Master weights and optimizer states always stay fp32; only the forward pass runs
 - CPU: bf16 only where the CPU computes it natively (AVX512-BF16 or AMX). Elsewhere (AVX2) bf16 is
   emulated and several times slower than fp32, so `--amp` falls back to fp32 with a warning: it must never
   make a run slower.
+
+Native bf16 needs both the hardware (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo) and kernels allowed to
+use it. torch's documented switches can forbid the latter, and then bf16 is emulated although the flags are
+there: ATEN_CPU_CAPABILITY=avx2 (or default) limits ATen's kernels, ONEDNN_MAX_CPU_ISA=AVX2 (or any ISA below
+AVX512_CORE_BF16) limits oneDNN's matmuls. Both are honoured here, so
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` makes a Zen 4 or Sapphire Rapids
+behave, and be detected, as an AVX2 laptop CPU (the benchmarks use this to measure AVX2 figures). Finally,
+TINYLLM_NATIVE_BF16=0 or 1 overrides the detection outright.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +38,40 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) at or above which bf16 dot products run natively
+ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL")
+
+
+def bf16_kernels_disabled() -> str:
+    """Why torch may not use the CPU's bf16 instructions in this process ("" = nothing forbids them):
+    ATen's kernel capability (which honours ATEN_CPU_CAPABILITY) below AVX512, or ONEDNN_MAX_CPU_ISA below
+    AVX512_CORE_BF16."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if "AVX512" not in cap.upper() and "AMX" not in cap.upper():
+        return f"torch CPU capability {cap}" + (f" (ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']})"
+                                               if os.environ.get("ATEN_CPU_CAPABILITY") else "")
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa and not isa.startswith(ONEDNN_BF16_ISAS):
+        return f"ONEDNN_MAX_CPU_ISA={isa}"
+    return ""
+
+
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 dot-product instructions (AVX512-BF16) or AMX tiles."""
-    flags = cpu_flags()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    """True where bf16 matmuls run natively: a CPU with bf16 dot-product instructions (AVX512-BF16) or AMX
+    tiles, and torch allowed to use them (see the module docstring). TINYLLM_NATIVE_BF16=0/1 overrides."""
+    override = os.environ.get("TINYLLM_NATIVE_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    return bool(cpu_flags() & BF16_FLAGS) and not bf16_kernels_disabled()
+
+
+def cpu_capability() -> str:
+    """torch's CPU capability, e.g. "AVX2", marked "emulated" where an environment switch holds a CPU with
+    native bf16 below its own level (the figures then stand for an AVX2 CPU, measured on a newer one)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    why = bf16_kernels_disabled() if cpu_flags() & BF16_FLAGS else ""
+    return f"{cap} (emulated: {why}, on a CPU with native bf16)" if why else cap
 
 
 def cpu_description() -> str:
@@ -45,7 +84,7 @@ def cpu_description() -> str:
                 break
     except OSError:
         pass
-    cap = torch.backends.cpu.get_cpu_capability()
+    cap = cpu_capability()
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{name} ({cap}, {bf16}, {torch.get_num_threads()} threads)"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from tinyllm.atomic import atomic_write_text
@@ -124,3 +125,13 @@ def prepare_run_dir(out: Path, resume_step: int | None, overwrite: bool) -> None
     kept = [r for r in rows if r.get("step", 0) <= resume_step]
     if len(kept) != len(rows) or (metrics.exists() and not metrics.read_text().endswith("\n")):
         atomic_write_text(metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an --out_dir this process cannot write into, before any training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise UserError(f"--out_dir {out}: cannot write there ({e.strerror}); choose a writable folder") from None

@@ -9,8 +9,12 @@ Two kinds, chosen with `--tokenizer`:
   The text is split into pieces by the GPT-2 regular expression (no normaliser, no prefix space), so
   decode(encode(text)) == text for every string. A literal `<|endoftext|>` in the text is that special
   token: put it between documents to mark where one ends.
+  An imported tokenizer (tinyllm.hf_import) may be any byte-level BPE `tokenizer.json`, such as GPT-2's: its
+  own layout, pre-tokenizer and special tokens, an end-of-text token of another name (`eot_token`) or none.
+  It encodes and decodes as `tokenizers` does (without the post-processor's added BOS/EOS).
 
-Both offer the same methods: `encode(text, drop_unknown=False) -> list[int]`, `decode(ids) -> str`,
+Both offer the same methods: `encode(text, drop_unknown=None) -> list[int]` (None: the tokenizer's own
+`drop_unknown`, off unless it was built with it), `decode(ids) -> str`,
 `vocab_size`, `to_json()`, `kind`, plus `unknown(text)`, `encode_array(text)` (numpy ids, for large data)
 and `byte_lengths()` (UTF-8 bytes per token id, for bits per byte). `tokenizer_from_json` restores either
 kind from its JSON; a BPE's JSON embeds the whole Hugging Face tokenizer, so that one string (the
@@ -45,7 +49,7 @@ class Tokenizer(Protocol):
     @property
     def vocab_size(self) -> int: ...
 
-    def encode(self, text: str, drop_unknown: bool = False) -> list[int]: ...
+    def encode(self, text: str, drop_unknown: bool | None = None) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -53,7 +57,7 @@ class Tokenizer(Protocol):
 
     def unknown(self, text: str) -> list[str]: ...
 
-    def encode_array(self, text: str, drop_unknown: bool = False) -> np.ndarray: ...
+    def encode_array(self, text: str, drop_unknown: bool | None = None) -> np.ndarray: ...
 
     def byte_lengths(self) -> np.ndarray: ...
 
@@ -107,8 +111,11 @@ class CharTokenizer:
 
     kind = "char"
 
-    def __init__(self, chars: list[str]):
+    def __init__(self, chars: list[str], drop_unknown: bool = False):
         self.chars = list(chars)
+        # What encode and encode_array do with characters outside the vocabulary when not told: raise (the
+        # default) or drop them (a run given --drop_unknown_chars; not part of the JSON).
+        self.drop_unknown = drop_unknown
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         # For encode_array: id of every code point up to the largest in the vocabulary (-1 = unknown). At most
         # 0x110000 entries (4.4 MB), and one gather per character instead of a Python dict lookup.
@@ -141,14 +148,15 @@ class CharTokenizer:
         return UserError(f"characters not in the vocabulary: {shown}; remove them from the text "
                          "(or pass --drop_unknown_chars to drop them)")
 
-    def encode(self, text: str, drop_unknown: bool = False) -> list[int]:
+    def encode(self, text: str, drop_unknown: bool | None = None) -> list[int]:
         missing = self.unknown(text)
-        if missing and not drop_unknown:
+        if missing and not (self.drop_unknown if drop_unknown is None else drop_unknown):
             raise self._unknown_error(missing)
         return [self.stoi[c] for c in text if c in self.stoi]
 
-    def encode_array(self, text: str, drop_unknown: bool = False) -> np.ndarray:
+    def encode_array(self, text: str, drop_unknown: bool | None = None) -> np.ndarray:
         """encode() as an integer array, vectorised (a table lookup per character, no Python loop)."""
+        drop_unknown = self.drop_unknown if drop_unknown is None else drop_unknown
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         lut = self._lut
         if len(lut) and int(codes.max(initial=0)) < len(lut):
@@ -208,29 +216,44 @@ def _valid_utf8(text: str) -> str:
         return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
+def _gpt2_pre_tokenizer(hf: Any) -> bool:
+    """Whether safe_cut's guarantee holds for this tokenizer: no normaliser, and GPT-2's own pre-tokenizer
+    (ByteLevel with its regex and no prefix space). Other splitting rules (Llama 3's regex, a prefix space)
+    may join text across such a cut."""
+    pre = hf.pre_tokenizer
+    return (hf.normalizer is None and type(pre).__name__ == "ByteLevel"
+            and getattr(pre, "use_regex", False) is True and getattr(pre, "add_prefix_space", True) is False)
+
+
 class BPETokenizer:
     """Byte-level BPE over a Hugging Face `tokenizers.Tokenizer`; see the module docstring for the layout."""
 
     kind = "bpe"
 
-    def __init__(self, hf: Any):
+    def __init__(self, hf: Any, eot_token: str | None = EOT_TOKEN):
         self._hf = hf
-        self.eot_id = hf.token_to_id(EOT_TOKEN)
-        if self.eot_id is None:
-            raise UserError(f"the BPE tokenizer JSON lacks the end-of-text token {EOT_TOKEN}; retrain it")
+        self.eot_token = eot_token
+        self.eot_id = hf.token_to_id(eot_token) if eot_token is not None else None
+        if eot_token is not None and self.eot_id is None:
+            raise UserError(f"the BPE tokenizer JSON lacks the end-of-text token {eot_token}; retrain it")
         chars = _byte_level_chars()
+        added = set(hf.get_added_tokens_decoder())
         token_bytes = []
         for i in range(hf.get_vocab_size()):
             tok = hf.id_to_token(i)
             if tok is None:
                 raise UserError(f"the BPE tokenizer JSON has no token with id {i}; retrain it")
-            if i == self.eot_id:
-                token_bytes.append(EOT_TOKEN.encode("utf-8"))
-            elif all(c in chars for c in tok):
+            # As the ByteLevel decoder does: a token made of byte-level characters stands for those bytes;
+            # an added token (<|endoftext|> and other special tokens) that is not, for its own text.
+            if all(c in chars for c in tok):
                 token_bytes.append(bytes(chars[c] for c in tok))
+            elif i in added:
+                token_bytes.append(tok.encode("utf-8"))
             else:
                 raise UserError(f"the BPE tokenizer JSON is not byte-level (token {tok!r}); retrain it")
         self._token_bytes = token_bytes
+        # Whether long texts may be cut at safe_cut points and encoded piece by piece (see encode_array).
+        self.cut_safe = _gpt2_pre_tokenizer(hf)
 
     @classmethod
     def train(cls, chunks: Iterable[str], vocab_size: int, source: str = "the training text") -> BPETokenizer:
@@ -273,7 +296,11 @@ class BPETokenizer:
         except Exception as e:  # the Rust side raises plain Exception for any malformed field
             raise UserError(f"the BPE tokenizer JSON is malformed ({str(e)[:200]}); retrain or pass a valid "
                             "tokenizer.json") from None
-        return cls(hf)
+        eot = data.get("eot_token", EOT_TOKEN)
+        if eot is not None and not isinstance(eot, str):
+            raise UserError("tokenizer JSON of type 'bpe' has an 'eot_token' that is not a string; retrain or pass "
+                            "a valid tokenizer.json")
+        return cls(hf, eot)
 
     @property
     def vocab_size(self) -> int:
@@ -282,16 +309,18 @@ class BPETokenizer:
     def unknown(self, text: str) -> list[str]:
         return []  # every string is made of bytes, and every byte is a token
 
-    def encode(self, text: str, drop_unknown: bool = False) -> list[int]:
+    def encode(self, text: str, drop_unknown: bool | None = None) -> list[int]:
         """Token ids of `text` (drop_unknown is accepted for the common interface: nothing is unknown)."""
-        return self._hf.encode(_valid_utf8(text)).ids
+        return self._hf.encode(_valid_utf8(text), add_special_tokens=False).ids
 
-    def encode_array(self, text: str, drop_unknown: bool = False) -> np.ndarray:
-        """encode() as an int64 array; long texts are cut at safe points and encoded in parallel."""
-        pieces = split_text(_valid_utf8(text), 1 << 14)
+    def encode_array(self, text: str, drop_unknown: bool | None = None) -> np.ndarray:
+        """encode() as an int64 array; long texts are cut at safe points and encoded in parallel (in one
+        piece where the pre-tokenizer is not GPT-2's, for which those points are not known to be safe)."""
+        text = _valid_utf8(text)
+        pieces = split_text(text, 1 << 14) if self.cut_safe else [text]
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets, which nothing here needs.
         batch = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
-        out = [np.asarray(e.ids, dtype=np.int64) for e in batch(pieces)]
+        out = [np.asarray(e.ids, dtype=np.int64) for e in batch(pieces, add_special_tokens=False)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -301,18 +330,23 @@ class BPETokenizer:
         incomplete character at the very end, which is left out: the next tokens may complete it, so text
         decoded token by token can be printed as it grows.
         """
-        data = b"".join(self._token_bytes[i] for i in ids)
+        # An id past the vocabulary (an imported model's padded embedding can produce one) decodes to nothing,
+        # as in `tokenizers`.
+        n = len(self._token_bytes)
+        data = b"".join(self._token_bytes[i] for i in ids if i < n)
         return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
 
     def byte_lengths(self) -> np.ndarray:
         return np.array([len(b) for b in self._token_bytes], dtype=np.int64)
 
     def to_json(self) -> str:
-        return json.dumps({"type": "bpe", "eot_token": EOT_TOKEN, "tokenizers": json.loads(self._hf.to_str())},
-                          ensure_ascii=False)
+        return json.dumps({"type": "bpe", "eot_token": self.eot_token,
+                           "tokenizers": json.loads(self._hf.to_str())}, ensure_ascii=False)
 
 
-def tokenizer_from_json(text: str) -> CharTokenizer | BPETokenizer:
+def tokenizer_from_json(text: str, drop_unknown: bool = False) -> CharTokenizer | BPETokenizer:
+    """The tokenizer of a JSON string; `drop_unknown`: a char tokenizer drops characters outside its vocabulary
+    instead of raising (a BPE has none)."""
     try:
         data = json.loads(text)
         kind = data["type"]
@@ -323,7 +357,7 @@ def tokenizer_from_json(text: str) -> CharTokenizer | BPETokenizer:
         if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise UserError("tokenizer JSON of type 'char' needs a list of single characters; retrain or pass a "
                             "valid tokenizer.json")
-        return CharTokenizer(chars)
+        return CharTokenizer(chars, drop_unknown)
     if kind == "bpe":
         return BPETokenizer.from_json_data(data)
     raise UserError(f"unknown tokenizer type '{kind}' in tokenizer JSON")

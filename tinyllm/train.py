@@ -1,5 +1,10 @@
 """The training loop: data, model and optimizer in; checkpoints, metrics and logs out.
 
+`Trainer.run` is the loop, one page: each step trains, counts, reads back whether steps were finite, then
+(when due) logs, evaluates, samples, checkpoints and checks whether to stop. The details are one call away:
+the step itself in `train_step`, evaluation and samples in tinyllm.evaluation, the log, the progress bar,
+stop signals and the end summary in tinyllm.runlog.
+
 The hot loop reads nothing back from the device per step except one scalar: whether the loss (and the
 gradient norm) is finite, so that a NaN never reaches the weights or a checkpoint. Losses for the log are
 accumulated on the device and read at log intervals. Everything that draws random numbers outside the
@@ -13,12 +18,7 @@ skip a non-finite step) are all-reduced once per step.
 from __future__ import annotations
 
 import contextlib
-import math
-import signal
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,111 +26,33 @@ import torch
 
 from tinyllm import checkpoint as ckpt_io
 from tinyllm import distributed, tensorboard
+from tinyllm.batches import curriculum_block_size, make_train_sampler, to_device
 from tinyllm.config import Config, save_json
-from tinyllm.data import BatchSampler, curriculum_block_size, make_train_sampler, prepare, to_device
+from tinyllm.data import prepare
+from tinyllm.device import resolve_device
 from tinyllm.ema import EMA
 from tinyllm.errors import UserError
-from tinyllm.generate import SamplingParams, generate_text, parse_stop
+from tinyllm.evaluation import eval_row, evaluate, sample_text
+from tinyllm.hf_import import Source, load_source
+from tinyllm.init_from import apply_source, check_text
 from tinyllm.losses import training_loss
 from tinyllm.metrics import MetricsWriter
 from tinyllm.model import GPT, ModelArgs
 from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
 from tinyllm.plot import plot_at_end
 from tinyllm.precision import Precision, choose_precision, cpu_description
-from tinyllm.rundir import RunLock, prepare_run_dir
-
-STOP_FILE = "STOP"  # the GUI creates out_dir/STOP to ask a run to save and stop
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-        if local_rank and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps: MPS is not available here; use --device cpu or auto")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
-    return dev
-
-
-class RunLog:
-    """Messages go to stderr (above the progress bar) and, on rank 0, to out_dir/train.log. Other DDP
-    ranks stay quiet except for warnings and errors, so each line appears once."""
-
-    def __init__(self, path: Path | None, quiet: bool = False):
-        self._f = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 - open for the whole run
-        self.bar = None
-        self.quiet = quiet
-
-    def __call__(self, msg: str) -> None:
-        if self.quiet and not msg.startswith(("warning", "error")):
-            return
-        if self.bar is not None:
-            self.bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr, flush=True)
-        if self._f:
-            self._f.write(msg + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f:
-            self._f.close()
-
-
-class StopFlag:
-    """Turns SIGINT/SIGTERM into a request to save and stop at the next step boundary. A second
-    Ctrl+C while saving falls back to Python's default and interrupts immediately."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopFlag:
-        for s in EXIT_CODES:
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-@dataclass
-class Progress:
-    """The counters that make a run resumable, saved in every checkpoint."""
-
-    step: int = 0
-    tokens_seen: int = 0
-    best_val_loss: float = math.inf
-    time_s: float = 0.0
-    skipped_steps: int = 0
-
-
-def prepare_data(cfg: Config, saved_tokenizer: str | None):
-    """(tokenizer, train tokens, val tokens, UTF-8 bytes per val token): in memory, or the memmapped
-    out_dir/tokens.bin with --memmap_dataset (tinyllm.data). On resume the checkpoint's tokenizer is reused."""
-    return prepare(cfg, saved_tokenizer)
+from tinyllm.rundir import RunLock, check_writable, prepare_run_dir
+from tinyllm.runlog import (
+    EXIT_CODES,
+    STOP_FILE,
+    LogWindow,
+    Progress,
+    RunEnd,
+    RunLog,
+    StopFlag,
+    progress_bar,
+    summarize,
+)
 
 
 def forward_backward(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: Config,
@@ -163,25 +85,6 @@ def compile_model(model: torch.nn.Module, backend: str) -> torch.nn.Module:
     return torch.compile(model, backend=backend)
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, splits: dict[str, torch.Tensor], cfg: Config, device: torch.device,
-             precision: Precision, seed_offset: int = 0) -> dict[str, float]:
-    """Mean loss over the same eval_iters batches every time (fixed seeds), so evals compare."""
-    was_training = model.training
-    model.eval()
-    out = {}
-    for i, (name, data) in enumerate(splits.items()):
-        sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=cfg.seed + 10_000 + 100 * seed_offset + i)
-        total = torch.zeros((), device=device)
-        for _ in range(cfg.eval_iters):
-            x, y = sampler.next()
-            with precision.autocast():
-                total += model(x.to(device), y.to(device))[1].float()
-        out[name] = (total / cfg.eval_iters).item()
-    model.train(was_training)
-    return out
-
-
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Load the saved moments but keep this run's hyperparameters (lr, weight decay, betas may change on
     resume; load_state_dict alone would bring back the old ones)."""
@@ -191,21 +94,21 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -
         group.update(hyper)
 
 
-def check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        raise UserError(f"--out_dir {out}: cannot write there ({e.strerror}); choose a writable folder") from None
-
-
 class Trainer:
-    """Builds everything a run needs from the config (and a checkpoint to resume), then `run()`s it."""
+    """Builds everything a run needs from the config (and a checkpoint to resume, or a model to start from),
+    then `run()`s it.
 
-    def __init__(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist):
+    `init` (--init_from, a new run only) gives the model's weights and tokenizer; `cfg`'s shape settings must
+    be the source's (tinyllm.init_from.merge_source / apply_source). The model takes the weights over and the
+    source's state_dict is emptied, so that a large model is not held twice during training."""
+
+    def __init__(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist,
+                 init: Source | None = None):
         self.cfg, self.dist = cfg, dist
         self.plot_pending = False
+        # Where the run started from: recorded in every checkpoint (a resumed run keeps its record).
+        self.origin = init.origin() if init is not None else (resume or {}).get("origin")
+        self.notes = [f"init: starting from {init.description}", *init.notes] if init is not None else []
         if cfg.tensorboard and dist.is_main:
             tensorboard.require()  # a missing extra is an error before any data is read
         self.device = resolve_device(cfg.device, dist.local_rank)
@@ -213,8 +116,12 @@ class Trainer:
         # Rank 0 prepares the data first (and writes any cache files); the others read after it.
         if not dist.is_main:
             dist.barrier()
-        self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare_data(
-            cfg, resume["tokenizer"] if resume else None)
+        # In memory, or the memmapped out_dir/tokens.bin with --memmap_dataset; on resume the checkpoint's
+        # tokenizer is reused, with --init_from the source's (which must encode the text: check_text).
+        saved = resume["tokenizer"] if resume else init.tokenizer_json if init is not None else None
+        if init is not None and (warning := check_text(cfg, init.tokenizer_json)):
+            self.notes.append(warning)
+        self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare(cfg, saved)
         if dist.is_main:
             dist.barrier()
             check_writable(self.out)
@@ -224,20 +131,29 @@ class Trainer:
         if self.lock:
             self.lock.acquire()
         try:
-            self._build(cfg, resume, dist)
+            self._build(cfg, resume, dist, init)
         except BaseException:
             self.__dict__.pop("fwd_model", None)  # a DDP wrapper holds the process group: teardown frees it
             if self.lock:
                 self.lock.release()
             raise
 
-    def _build(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist) -> None:
+    def _build(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist,
+               init: Source | None) -> None:
         train_ids = self.eval_splits["train"]
         self.log = RunLog(None, quiet=not dist.is_main)
         self.precision = choose_precision(self.device, cfg.amp, warn=self.log)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.args = ModelArgs.from_config(cfg, self.tokenizer.vocab_size)
-        self.model = GPT(self.args).to(self.device)
+        # The model's vocabulary is the tokenizer's, except where an imported model's embedding is larger
+        # (padded, as many Hugging Face models are): the source's or the checkpoint's own size then.
+        vocab = (init.args.vocab_size if init is not None else resume["model_args"]["vocab_size"] if resume
+                 else self.tokenizer.vocab_size)
+        self.args = ModelArgs.from_config(cfg, vocab)
+        self.model = GPT(self.args)
+        if init is not None:
+            self.model.load_state_dict(init.state_dict)
+            init.state_dict = {}  # the model holds the weights now
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         # One process with torch's fused AdamW and no loss scaling: non-finite steps can be skipped on the
         # device (see train_step), which removes the per-step host sync. DDP needs every rank's verdict.
@@ -299,6 +215,8 @@ class Trainer:
             "best_val_loss": p.best_val_loss, "time_s": p.time_s, "skipped_steps": p.skipped_steps,
             "rng": ckpt_io.capture_rng(), "data_state": {"ranks": self.dist.gather_objects(self.sampler.state_dict())},
         }
+        if self.origin is not None:
+            s["origin"] = self.origin
         if self.ema is not None:
             s["ema"] = ckpt_io.strip_prefixes(self.ema.state_dict())
         if self.precision.scaler is not None:
@@ -400,6 +318,8 @@ class Trainer:
         self.log(f"data: {cfg.data_path} -> {len(train_ids):,} train / {len(val_ids):,} val tokens | effective "
                  f"batch {cfg.batch_size} x {cfg.grad_accum_steps} accum x {d.world_size} process"
                  f"{'es' if d.world_size > 1 else ''} = {effective} sequences of {cfg.block_size} tokens")
+        for note in self.notes:
+            self.log(note)
         if self.progress.step:
             self.log(f"resuming from step {self.progress.step} of {cfg.max_steps}" if cfg.max_steps else
                      f"resuming after {self.progress.time_s:.0f} s of {cfg.max_time:.0f} s")
@@ -409,173 +329,144 @@ class Trainer:
             self.metrics.write({"step": self.progress.step, "time_s": round(self.progress.time_s, 3)} | row)
 
     def run(self) -> int:
-        cfg, p, main = self.cfg, self.progress, self.dist.is_main
+        """The loop; returns the exit code. Each step trains, counts, reads back whether steps were finite
+        (see LogWindow), then, when due, logs, evaluates, samples, checkpoints and checks whether to stop."""
+        cfg, p = self.cfg, self.progress
         self.announce()
-        sums = {"loss": torch.zeros((), device=self.device), "z_loss": torch.zeros((), device=self.device)}
-        count, skipped_since_log, grad_norm = 0, 0, None
-        t_session = time.perf_counter()
-        time_before = p.time_s
-        t_last_log, tokens_last_log = t_session, p.tokens_seen
-        end_reason, exit_code, error = "max_steps", 0, None
-        bar = None
-        if cfg.progress and main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.max_steps or None, initial=p.step, file=sys.stderr, unit="step", dynamic_ncols=True,
-                       smoothing=0.1)
-            self.log.bar = bar
-
-        # --max_steps 0: --max_time is the run's length across resumes, so its end gets the final eval and
-        # sample that a last step gets; otherwise --max_time only ends this session.
-        budgeted = cfg.max_steps == 0
-
-        def due(interval: int) -> bool:
-            return interval > 0 and p.step % interval == 0
-
-        # (step, ce, z, grad norm, finite) of steps whose finiteness has not been read back yet
-        unsettled: list[tuple[int, torch.Tensor, torch.Tensor | None, torch.Tensor | None, Any]] = []
-
-        def settle(keep: int) -> str | None:
-            """Account for all but the last `keep` unsettled steps; an error message if one was non-finite
-            and --skip_nonfinite is off (the run then stops without saving)."""
-            nonlocal count, skipped_since_log, grad_norm
-            while len(unsettled) > keep:
-                step, ce, z, norm, finite = unsettled.pop(0)
-                if not finite:
-                    if not cfg.skip_nonfinite:
-                        unsettled.clear()
-                        return (f"non-finite loss or gradient at step {step}; stopping without saving (the last "
-                                f"good checkpoint is kept as it was). Lower --lr, use --grad_clip, or pass "
-                                f"--skip_nonfinite to skip such steps")
-                    p.skipped_steps += 1
-                    skipped_since_log += 1
-                    self.log(f"warning: skipped step {step}: non-finite loss or gradient "
-                             f"({p.skipped_steps} skipped so far)")
-                else:
-                    sums["loss"] += ce
-                    if z is not None:
-                        sums["z_loss"] += z
-                    count += 1
-                    grad_norm = norm if norm is not None else grad_norm
-            return None
-
+        self.t_session, self.time_before = time.perf_counter(), p.time_s
+        window = LogWindow(self.device, p, cfg.skip_nonfinite, self.log, now=self.t_session)
+        end = RunEnd("max_steps")
         self.model.train()
         try:
-            with StopFlag() as stop:
-                while p.time_s < cfg.max_time if budgeted else p.step < cfg.max_steps:
+            with StopFlag() as stop, progress_bar(cfg.progress and self.dist.is_main, cfg.max_steps, p.step,
+                                                  self.log) as bar:
+                while self.more_steps():
                     t = self.block_size_now()
-                    unsettled.append((p.step + 1, *self.train_step(t)))
+                    window.add(p.step + 1, *self.train_step(t))
                     lr_time = p.time_s  # what the step's lr was computed from
-                    p.step += 1
-                    p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
-                    p.time_s = time_before + time.perf_counter() - t_session
-                    last = p.step == cfg.max_steps
-                    if budgeted:
-                        (last,) = self.dist.any_true(p.time_s >= cfg.max_time)
+                    self.count_step(t)
+                    last = self.is_last_step()
                     # Read back whether steps were finite: the previous step's verdict now (the device has
                     # finished it, or nearly, while this step is queued behind it), this step's own only
                     # before the loop logs, evaluates, samples or saves.
-                    boundary = last or any(due(i) for i in (cfg.log_interval, cfg.eval_interval,
-                                                             cfg.sample_interval, cfg.checkpoint_interval))
-                    error = settle(keep=0 if boundary else 1)
-                    if error:
-                        end_reason, exit_code = "error", 1
+                    boundary = last or any(self.due(i) for i in (cfg.log_interval, cfg.eval_interval,
+                                                                  cfg.sample_interval, cfg.checkpoint_interval))
+                    if error := window.settle(keep=0 if boundary else 1):
+                        end = RunEnd("error", 1, error)
                         break
 
-                    if due(cfg.log_interval) or last:
-                        now = time.perf_counter()
-                        tok_s = (p.tokens_seen - tokens_last_log) / max(now - t_last_log, 1e-9)
-                        row: dict[str, Any] = {"lr": get_lr(p.step - 1, cfg, lr_time),
-                                               "tokens_per_sec": round(tok_s, 1)}
-                        if count:
-                            row["loss"] = (sums["loss"] / count).item()
-                            if cfg.z_loss:
-                                row["z_loss"] = (sums["z_loss"] / count).item()
-                        if grad_norm is not None:
-                            row["grad_norm"] = grad_norm.item()
-                        if cfg.curriculum:
-                            row["block_size"] = t
-                        if p.skipped_steps:
-                            row["skipped_steps"] = p.skipped_steps
-                            row["skipped_since_last_row"] = skipped_since_log
-                        self.write(row)
-                        if bar is not None and "loss" in row:
-                            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-                        for v in sums.values():
-                            v.zero_()
-                        count, skipped_since_log, t_last_log, tokens_last_log = 0, 0, now, p.tokens_seen
+                    if self.due(cfg.log_interval) or last:
+                        self.log_train_row(window, t, lr_time, bar)
                     if bar is not None:
                         bar.update(1)
-
-                    if cfg.eval_interval > 0 and (due(cfg.eval_interval) or last):
+                    if cfg.eval_interval > 0 and (self.due(cfg.eval_interval) or last):
                         self.eval_and_keep_best()
-                    if main and (due(cfg.sample_interval) or (last and cfg.sample_interval > 0)):
-                        sample = sample_text(self.eval_model, self.tokenizer, cfg, self.log, seed=cfg.seed + p.step)
-                        self.write({"sample": sample})
-                        self.log(f"--- sample at step {p.step} ---\n{sample}\n---")
-                    if due(cfg.checkpoint_interval) and not last:
+                    if self.dist.is_main and (self.due(cfg.sample_interval) or (last and cfg.sample_interval > 0)):
+                        self.sample()
+                    if self.due(cfg.checkpoint_interval) and not last:
                         self.save("last")
-
-                    stop_file = main and (self.out / STOP_FILE).exists()
-                    # (A time-budgeted run ends at its `last` step above, evaluated, never half-way here.)
-                    out_of_time = (cfg.max_time > 0 and not budgeted
-                                   and time.perf_counter() - t_session >= cfg.max_time)
-                    signalled, stop_file, out_of_time = self.dist.any_true(stop.signum is not None, stop_file,
-                                                                            out_of_time)
-                    if signalled or stop_file:
-                        end_reason = "interrupted"
-                        exit_code = EXIT_CODES.get(stop.signum, 143 if signalled else 0)
-                        if stop_file:
-                            (self.out / STOP_FILE).unlink(missing_ok=True)
+                    if stopped := self.stop_requested(stop, last):
+                        end = stopped
                         break
-                    if budgeted and last:
-                        end_reason = "max_time"
-                        break
-                    if out_of_time:
-                        end_reason = "max_time"
-                        break
-                if end_reason != "error":
-                    error = settle(keep=0)  # a stop between boundaries: no unread verdict before the save
-                    if error:
-                        end_reason, exit_code = "error", 1
-                if end_reason != "error" and not self.save("last"):
-                    end_reason, exit_code, error = "error", 1, "the final checkpoint could not be saved"
+                end = self.save_at_end(end, window)
         except BaseException as e:
             self.write({"event": "end", "reason": "interrupted" if isinstance(e, KeyboardInterrupt) else "error",
                         "error": repr(e)[:500]})
             raise
-        finally:
-            if bar is not None:
-                bar.close()
-                self.log.bar = None
+        return self.finish(end)
 
-        end = {"event": "end", "reason": end_reason}
-        if error:
-            end["error"] = error
-            self.log(f"error: {error}")
-        if p.skipped_steps:
-            end["skipped_steps"] = p.skipped_steps
-        self.write(end)
-        if main and end_reason != "error":
-            summarize(cfg, p, end_reason, self.log)
-        self.plot_pending = main  # drawn by close(), after the process group is gone (see train())
-        return exit_code
+    # -- the loop's details --------------------------------------------------------------------------------
+
+    @property
+    def budgeted(self) -> bool:
+        """--max_steps 0: --max_time is the run's length across resumes, so its end gets the final eval and
+        sample that a last step gets; otherwise --max_time only ends this session."""
+        return self.cfg.max_steps == 0
+
+    def more_steps(self) -> bool:
+        p = self.progress
+        return p.time_s < self.cfg.max_time if self.budgeted else p.step < self.cfg.max_steps
+
+    def due(self, interval: int) -> bool:
+        return interval > 0 and self.progress.step % interval == 0
+
+    def count_step(self, t: int) -> None:
+        p, cfg = self.progress, self.cfg
+        p.step += 1
+        p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
+        p.time_s = self.time_before + time.perf_counter() - self.t_session
+
+    def is_last_step(self) -> bool:
+        if self.budgeted:
+            (last,) = self.dist.any_true(self.progress.time_s >= self.cfg.max_time)
+            return last
+        return self.progress.step == self.cfg.max_steps
+
+    def log_train_row(self, window: LogWindow, t: int, lr_time: float, bar: Any) -> None:
+        cfg, now = self.cfg, time.perf_counter()
+        row = window.train_row(get_lr(self.progress.step - 1, cfg, lr_time), now, cfg.z_loss,
+                               t if cfg.curriculum else None)
+        self.write(row)
+        if bar is not None and "loss" in row:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{window.tokens_per_sec(now):,.0f}", refresh=False)
+        window.restart(now)
 
     def eval_and_keep_best(self) -> None:
         p = self.progress
         losses = evaluate(self.eval_model, self.eval_splits, self.cfg, self.device, self.precision,
                           seed_offset=self.dist.rank)
         losses = {k: self.dist.mean(v) for k, v in losses.items()}
-        row = {"val_loss": losses["val"], "train_eval_loss": losses["train"]}
-        if self.bytes_per_token:
-            row["val_bpb"] = losses["val"] / math.log(2) / self.bytes_per_token
-        self.write(row)
+        self.write(eval_row(losses, self.bytes_per_token))
         improved = losses["val"] < p.best_val_loss
         self.log(f"step {p.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                  + (" (best so far)" if improved else ""))
         if improved:
             p.best_val_loss = losses["val"]
             self.save("best")
+
+    def sample(self) -> None:
+        cfg, p = self.cfg, self.progress
+        sample = sample_text(self.eval_model, self.tokenizer, cfg, self.log, seed=cfg.seed + p.step)
+        self.write({"sample": sample})
+        self.log(f"--- sample at step {p.step} ---\n{sample}\n---")
+
+    def stop_requested(self, stop: StopFlag, last: bool) -> RunEnd | None:
+        """A signal or the STOP file (interrupted), or the end of --max_time: agreed on by every rank."""
+        cfg = self.cfg
+        stop_file = self.dist.is_main and (self.out / STOP_FILE).exists()
+        # (A time-budgeted run ends at its `last` step, evaluated, never half-way here.)
+        out_of_time = (cfg.max_time > 0 and not self.budgeted
+                       and time.perf_counter() - self.t_session >= cfg.max_time)
+        signalled, stop_file, out_of_time = self.dist.any_true(stop.signum is not None, stop_file, out_of_time)
+        if signalled or stop_file:
+            end = RunEnd("interrupted", EXIT_CODES.get(stop.signum, 143 if signalled else 0))
+            if stop_file:
+                (self.out / STOP_FILE).unlink(missing_ok=True)
+            return end
+        if (self.budgeted and last) or out_of_time:
+            return RunEnd("max_time")
+        return None
+
+    def save_at_end(self, end: RunEnd, window: LogWindow) -> RunEnd:
+        """The final checkpoint, unless the run ended in an error."""
+        if end.reason == "error":
+            return end
+        if error := window.settle(keep=0):  # a stop between boundaries: no unread verdict before the save
+            return RunEnd("error", 1, error)
+        if not self.save("last"):
+            return RunEnd("error", 1, "the final checkpoint could not be saved")
+        return end
+
+    def finish(self, end: RunEnd) -> int:
+        """The metrics' end row and, on rank 0, the closing summary; returns the exit code."""
+        main = self.dist.is_main
+        if end.error:
+            self.log(f"error: {end.error}")
+        self.write(end.row(self.progress))
+        if main and end.reason != "error":
+            summarize(self.cfg, self.progress, end.reason, self.log)
+        self.plot_pending = main  # drawn by close(), after the process group is gone (see train())
+        return end.exit_code
 
     def close(self) -> None:
         if self.plot_pending:
@@ -589,12 +480,17 @@ class Trainer:
             self.lock.release()
 
 
-def train(cfg: Config, resume: dict[str, Any] | None = None) -> int:
-    """Train as `cfg` says, continuing from the checkpoint dict `resume` if given. Returns the exit code."""
+def train(cfg: Config, resume: dict[str, Any] | None = None, init: Source | None = None) -> int:
+    """Train as `cfg` says, continuing from the checkpoint dict `resume` if given, or starting from the
+    weights of `init` (loaded from cfg.init_from here when not given, with its shape settings). Returns the
+    exit code."""
+    if init is None and resume is None and cfg.init_from:
+        init = load_source(cfg.init_from, "--init_from")
+        cfg = apply_source(cfg, init)
     dist = distributed.setup(cfg.ddp, cfg.ddp_backend, cfg.device)
     trainer = None
     try:
-        trainer = Trainer(cfg, resume, dist)
+        trainer = Trainer(cfg, resume, dist, init)
         return trainer.run()
     finally:
         # The process group goes first: rank 0's own work in close() (the loss plot) must not hold the other
@@ -605,33 +501,3 @@ def train(cfg: Config, resume: dict[str, Any] | None = None) -> int:
         distributed.teardown(dist)
         if trainer is not None:
             trainer.close()
-
-
-def sample_text(model: GPT, tokenizer, cfg: Config, log: RunLog, seed: int) -> str:
-    """A text sample for the log; a bad prompt warns instead of stopping the run."""
-    params, stops = SamplingParams.from_config(cfg), parse_stop(cfg.stop)
-    try:
-        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed, stops=stops)
-    except UserError as e:
-        log(f"warning: --prompt: {e}; sampling with those characters dropped")
-        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed,
-                             drop_unknown=True, stops=stops)
-
-
-def summarize(cfg: Config, p: Progress, reason: str, log: RunLog) -> None:
-    out = Path(cfg.out_dir)
-    best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else "n/a (eval disabled)"
-    lines = [
-        f"done ({reason}) at step {p.step}" + (f"/{cfg.max_steps}" if cfg.max_steps else "")
-        + f": best val loss {best}, "
-        f"{p.time_s:.1f} s of training, {p.tokens_seen:,} tokens seen"
-        + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
-        f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
-                                             else ""),
-        f"sample: python train_tinyllm.py --out_dir {out} --generate_only --prompt \"The \" --sample_chars 300",
-    ]
-    if reason == "interrupted" or (reason == "max_time" and cfg.max_steps):  # a time-budgeted run is complete
-        lines.append(f"continue: python train_tinyllm.py --out_dir {out} --resume")
-    for line in lines:
-        log(line)
-

@@ -1,6 +1,6 @@
 """The Gradio app: layout and wiring. The work itself lives in the gradio-free modules beside this one.
 
-Tabs: Data, Configure, Train, Runs, Generate. Every event has an api_name, so the tests (and scripts) can
+Tabs: Data, Configure, Train, Runs, Generate, Export. Every event has an api_name, so the tests (and scripts) can
 drive the app with gradio_client exactly as the browser does.
 """
 
@@ -16,7 +16,10 @@ import gradio as gr
 import pandas as pd
 
 from tinyllm.errors import UserError
+from tinyllm.export import GGUF_DTYPES
+from tinyllm.gui import export as X
 from tinyllm.gui import form as F
+from tinyllm.gui import scores as S
 from tinyllm.gui.chart import line_chart
 from tinyllm.gui.datafile import clean_wikitext, default_clean_path, keep_upload, text_stats
 from tinyllm.gui.generation import Generator, kv_cache_param
@@ -29,6 +32,7 @@ from tinyllm.gui.runs import (
     fmt_duration,
     run_config,
     run_info,
+    started_from,
     tail_text,
 )
 
@@ -142,8 +146,22 @@ def _fnmatch_escape(s: str) -> str:
 # ---------------------------------------------------------------------------------------------- Configure
 
 
-def make_input(spec: F.FieldSpec, value: Any):
+INIT_FIELD = "init_from"  # a path to start from: a picker of the runs, or any path typed in
+NO_INIT = ("none: random initialisation", "")
+
+
+def init_choices(ctx: Ctx, current: str | None = None) -> list[tuple[str, str]]:
+    """The init_from picker: no model, then every run with a checkpoint under the output root (a typed path,
+    such as a Hugging Face folder, is kept as a choice of its own)."""
+    runs = ctx.run_choices(with_ckpt=True)
+    typed = [current] if current and current not in runs else []
+    return [NO_INIT, *[(r, r) for r in [*typed, *runs]]]
+
+
+def make_input(spec: F.FieldSpec, value: Any, choices: list | None = None):
     common = {"label": spec.name, "info": spec.info, "value": value, "elem_id": f"cfg-{spec.name}"}
+    if choices is not None:  # a text setting with suggestions: pick one or type any value
+        return gr.Dropdown(choices=choices, allow_custom_value=True, **common)
     if spec.kind == "bool":
         return gr.Checkbox(**common)
     if spec.kind == "choice":
@@ -172,8 +190,13 @@ def build_config_tab(ctx: Ctx):
         with gr.Accordion(group.capitalize(), open=group in ("data", "model", "training")), gr.Row():
             for spec in specs:
                 with gr.Column(min_width=220):
-                    created[spec.name] = make_input(spec, defaults.get(spec.name, spec.default))
+                    value = defaults.get(spec.name, spec.default)
+                    created[spec.name] = make_input(spec, value, init_choices(ctx, value)
+                                                    if spec.name == INIT_FIELD else None)
     ctx.by_name = created
+    if INIT_FIELD in created:  # the runs under the output root, as they are when the picker opens
+        created[INIT_FIELD].focus(lambda cur: gr.update(choices=init_choices(ctx, cur)), created[INIT_FIELD],
+                                  created[INIT_FIELD], api_name="init_from_choices", show_progress="hidden")
     ctx.inputs = [created[s.name] for s in F.field_specs()]
 
     def preview(*values):
@@ -302,9 +325,11 @@ def runs_table(ctx: Ctx, root: str) -> pd.DataFrame:
             "last train loss": round(r.last_loss, 4) if r.last_loss is not None else None,
             "training time": fmt_duration(r.time_s) if r.rows else "",
             "checkpoints": " ".join(n for n, ok in (("last", r.has_last), ("best", r.has_best)) if ok),
+            "started from": started_from(r.config),
             "config": config_summary(r.config),
         })
-    cols = ["run", "status", "step", "best val loss", "last train loss", "training time", "checkpoints", "config"]
+    cols = ["run", "status", "step", "best val loss", "last train loss", "training time", "checkpoints",
+            "started from", "config"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -325,7 +350,11 @@ def build_runs_tab(ctx: Ctx, root_default: str):
         chosen = gr.Dropdown(choices=[], multiselect=True, label="Compare runs", scale=4)
         which = gr.Radio(["val", "train"], value="val", label="Curve", scale=1)
         load_btn = gr.Button("Load the first run's settings into Configure", scale=2)
-    plot = gr.HTML(elem_id="compare-plot")
+    with gr.Row():
+        with gr.Column(scale=3):
+            plot = gr.HTML(elem_id="compare-plot")
+        with gr.Column(scale=2):
+            eval_path, eval_btn, scores, eval_msg = build_scores(ctx)
     msg = gr.Markdown()
 
 
@@ -350,7 +379,36 @@ def build_runs_tab(ctx: Ctx, root_default: str):
     gr.on([chosen.change, which.change], lambda s, w: compare_chart(ctx, s, w or "val"), [chosen, which], plot,
           api_name="compare_runs", show_progress="hidden")
     load_btn.click(load_settings, chosen, [*ctx.inputs, msg], api_name="load_run_settings")
+    wire_scores(ctx, chosen, eval_path, eval_btn, scores, eval_msg)
     return root, chosen, table, refresh_all
+
+
+def build_scores(ctx: Ctx):
+    """The Runs tab's evaluation: the selected runs' loss and bits per byte on one text (tinyllm-eval)."""
+    path = gr.Textbox(label="Evaluate the selected runs on a text file (or folder)", elem_id="eval-path",
+                      value=F.cli_defaults().get("data_path", ""), placeholder="data/tiny_corpus.txt")
+    btn = gr.Button("Evaluate", elem_id="eval-btn")
+    table = gr.Dataframe(value=pd.DataFrame(columns=S.COLUMNS), label="Loss (nats/token) and bpb (bits per UTF-8 "
+                         "byte: comparable across tokenizers), from each run's ckpt.pt", interactive=False,
+                         wrap=True, elem_id="eval-table")
+    msg = gr.Markdown(elem_id="eval-msg")
+    return path, btn, table, msg
+
+
+def wire_scores(ctx: Ctx, chosen, path, btn, table, msg) -> None:
+    scorer = S.Scorer(ctx.manager.cwd)
+
+    def evaluate(sel: list[str] | None, p: str):
+        try:
+            scores = scorer.scores(sel or [], p, ctx.manager.resolve, lambda out: started_from(run_config(out)))
+        except UserError as e:
+            return gr.skip(), err(e)
+        df = pd.DataFrame([s.row() for s in scores], columns=S.COLUMNS)
+        failed = sum(1 for s in scores if s.loss is None)
+        return df, f"evaluated {len(scores) - failed} of {len(scores)} run(s) on `{p.strip()}` with " \
+                   f"`{' '.join(['tinyllm-eval', '--model', 'RUN', '--data_path', p.strip()])}`"
+
+    btn.click(evaluate, [chosen, path], [table, msg], api_name="evaluate_runs")
 
 
 # ---------------------------------------------------------------------------------------------- Generate
@@ -409,6 +467,56 @@ def build_generate_tab(ctx: Ctx):
     return run
 
 
+# ---------------------------------------------------------------------------------------------- Export
+
+
+def build_export_tab(ctx: Ctx):
+    gr.Markdown("Write the run as a **Hugging Face** folder (for `transformers`) or one **GGUF** file (for "
+                "llama.cpp, Ollama, LM Studio). What the run exports as, or why it cannot, shows before you press "
+                "the button; the export runs the command shown below it.")
+    with gr.Row():
+        run = gr.Dropdown(choices=[], allow_custom_value=True, label="Run folder", scale=4, elem_id="export-run")
+        which = gr.Radio(["last", "best"], value="last", label="Checkpoint", scale=1)
+    with gr.Row():
+        fmt = gr.Radio([("GGUF file (llama.cpp, Ollama)", "gguf"), ("Hugging Face folder", "hf")], value="gguf",
+                       label="Format", scale=2)
+        dtype = gr.Dropdown(list(GGUF_DTYPES), value="f16", label="GGUF weights", scale=1,
+                            info="f16: half the size of f32; q8_0: about a quarter")
+        no_ema = gr.Checkbox(False, label="raw weights (skip the EMA)", scale=1)
+        overwrite = gr.Checkbox(False, label="replace an existing output", scale=1)
+    output = gr.Textbox(label="Output (a .gguf file, or a folder for Hugging Face)", elem_id="export-output")
+    verdict = gr.Markdown(elem_id="export-check")
+    command = gr.Code(label="Equivalent command", language="shell", lines=1, interactive=False, wrap_lines=True,
+                      elem_id="export-command")
+    export_btn = gr.Button("Export", variant="primary", interactive=False, elem_id="export-btn")
+    result = gr.Markdown(elem_id="export-result")
+    suggested = gr.State("")  # the output last filled in automatically: replaced when the choices change
+
+    def check(r, w, f, d, out, raw, over, last_suggested):
+        # The output follows the choices until the user types a path of their own.
+        own = (out or "").strip()
+        if not own or own == last_suggested:
+            own = X.suggested_output(r or "", f, d, w)
+        plan = X.plan_export(ctx.manager.resolve, r, w, f, d, own, bool(raw), bool(over))
+        return (plan.message, plan.command, gr.update(interactive=plan.ok), plan.output,
+                gr.update(visible=f == "gguf"), own)
+
+    def do_export(r, w, f, d, out, raw, over):
+        plan = X.plan_export(ctx.manager.resolve, r, w, f, d, out, bool(raw), bool(over))
+        ok, msg = X.run_export(plan, ctx.manager.cwd)
+        again = X.plan_export(ctx.manager.resolve, r, w, f, d, out, bool(raw), bool(over))  # now it exists
+        return msg, again.message, gr.update(interactive=again.ok)
+
+    inputs = [run, which, fmt, dtype, output, no_ema, overwrite]
+    gr.on([run.change, which.change, fmt.change, dtype.change, no_ema.change, overwrite.change, output.submit,
+           output.blur], check, [*inputs, suggested], [verdict, command, export_btn, output, dtype, suggested],
+          api_name="export_check", show_progress="hidden", trigger_mode="always_last")
+    export_btn.click(do_export, inputs, [result, verdict, export_btn], api_name="export")
+    run.focus(lambda cur: gr.update(choices=ctx.run_choices([cur] if cur else [], with_ckpt=True)), run, run,
+              api_name=False, show_progress="hidden")
+    return run
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
@@ -428,6 +536,8 @@ def build_app(out_root: str = "out", cwd: str | Path | None = None, manager: Run
                 root, chosen, table, refresh_all = build_runs_tab(ctx, out_root)
             with gr.Tab("Generate", id="generate") as gen_tab:
                 gen_run = build_generate_tab(ctx)
+            with gr.Tab("Export", id="export") as export_tab:
+                export_run = build_export_tab(ctx)
         wire_use_data(ctx, *data_parts)
 
         def on_load():
@@ -450,14 +560,17 @@ def build_app(out_root: str = "out", cwd: str | Path | None = None, manager: Run
             return gr.update(choices=names, value=pick)
 
         gen_tab.select(gen_choices, [gen_run, train_run], gen_run, api_name=False)
+        export_tab.select(gen_choices, [export_run, train_run], export_run, api_name=False)
     demo.tinyllm_ctx = ctx  # type: ignore[attr-defined] - lets tests and launch() reach the manager
     return demo
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False,
-           prevent_thread_lock: bool = False, quiet: bool = False):
-    """Serve locally (127.0.0.1 unless asked), no analytics, no server-side rendering, no MCP, no monitoring."""
+           prevent_thread_lock: bool = False, quiet: bool = False, auth: tuple[str, str] | None = None):
+    """Serve locally (127.0.0.1 unless asked), no analytics, no server-side rendering, no MCP, no monitoring.
+    With `auth` (user, password), Gradio's own login page guards every page and API call."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
+                       auth=auth,
                        quiet=quiet, css=CSS, ssr_mode=False, mcp_server=False, enable_monitoring=False,
                        footer_links=["api", "settings"])

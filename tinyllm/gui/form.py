@@ -85,6 +85,8 @@ def cli_defaults() -> dict[str, Any]:
 
 def _normalize(spec: FieldSpec, value: Any) -> Any:
     """Form widgets hand back floats for whole numbers and None for an empty box; make those JSON-typed."""
+    if value is None and spec.kind == "str":  # a cleared dropdown (the init_from picker)
+        return ""
     if value is None or (isinstance(value, str) and spec.kind in ("int", "float") and not value.strip()):
         raise UserError(f"--{spec.name} needs a value")
     if spec.kind in ("int", "float") and isinstance(value, str):
@@ -129,13 +131,16 @@ def _quote(value: str) -> str:
     return f"$'{body}'"
 
 
-def command_args(cfg: C.Config) -> list[str]:
-    """The flags that reproduce `cfg` from the CLI's defaults: only the settings that differ from them."""
+def command_args(cfg: C.Config, resume: bool = False) -> list[str]:
+    """The flags that reproduce `cfg` from the CLI's defaults: only the settings that differ from them. A new
+    run with init_from takes its shape settings from the model it starts from, and a resumed run remembers
+    where it started: those are left out."""
     base = cli_defaults()
+    skip = {"init_from"} if resume else set(C.SHAPE_KEYS) if cfg.init_from else set()
     args: list[str] = []
     for s in field_specs():
         value = getattr(cfg, s.name)
-        if s.name in base and value == base[s.name]:
+        if (s.name in base and value == base[s.name]) or s.name in skip:
             continue
         if s.kind == "bool":
             args.append(f"--{s.name}" if value else f"--no-{s.name}")
@@ -145,7 +150,7 @@ def command_args(cfg: C.Config) -> list[str]:
 
 
 def command_preview(cfg: C.Config, resume: bool = False) -> str:
-    args = command_args(cfg) + (["--resume"] if resume else [])
+    args = command_args(cfg, resume) + (["--resume"] if resume else [])
     return " ".join(["python train_tinyllm.py", *args])
 
 

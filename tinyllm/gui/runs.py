@@ -36,7 +36,7 @@ from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
 from tinyllm.rundir import pid_alive
 
-# The training loop's stop file (tinyllm.train.STOP_FILE; importing train would load torch into the GUI).
+# The training loop's stop file (tinyllm.runlog.STOP_FILE; importing train would load torch into the GUI).
 STOP_FILE = "STOP"
 PID_FILE = "gui.pid"
 LAUNCH_CONFIG = "gui_config.json"
@@ -65,6 +65,21 @@ def _signal_group(pid: int, sig: int) -> None:
             os.killpg(pid, sig)
         else:
             os.kill(pid, sig)
+
+
+def launch_values(cfg: Config, resume: bool) -> dict[str, Any]:
+    """The settings written to the launch JSON. A new run with init_from leaves out the shape settings: they come
+    from the model it starts from (the form's would conflict with it), as they do when typed without them."""
+    values = cfg.to_dict()
+    if cfg.init_from and not resume:
+        values = {k: v for k, v in values.items() if k not in SHAPE_KEYS}
+    return values
+
+
+def started_from(cfg: dict[str, Any]) -> str:
+    """Where a run started from (its config's init_from: a run folder, a checkpoint or a Hugging Face folder),
+    or "" for a run from random weights."""
+    return str(cfg.get("init_from") or "")
 
 
 def launch_command(config_path: Path, resume: bool) -> list[str]:
@@ -133,7 +148,7 @@ class RunManager:
                                 "it, or choose another out_dir")
             out.mkdir(parents=True, exist_ok=True)
             config_path = out / LAUNCH_CONFIG
-            atomic_write_json(config_path, cfg.to_dict())
+            atomic_write_json(config_path, launch_values(cfg, resume))
             (out / STOP_FILE).unlink(missing_ok=True)
             argv = self.command(config_path, resume)
             env = {**os.environ, "PYTHONUNBUFFERED": "1",

@@ -1,0 +1,58 @@
+"""What the training loop measures besides its own loss: the loss on fixed evaluation batches, and text samples.
+
+Both draw their random numbers from generators of their own (fixed seeds), never from the global RNG, so
+evaluating or sampling leaves the training run exactly as it would have been without them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tinyllm.batches import BatchSampler
+from tinyllm.config import Config
+from tinyllm.errors import UserError
+from tinyllm.generate import SamplingParams, generate_text, parse_stop
+from tinyllm.model import GPT
+from tinyllm.precision import Precision
+from tinyllm.runlog import RunLog
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, splits: dict[str, torch.Tensor], cfg: Config, device: torch.device,
+             precision: Precision, seed_offset: int = 0) -> dict[str, float]:
+    """Mean loss over the same eval_iters batches every time (fixed seeds), so evals compare."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for i, (name, data) in enumerate(splits.items()):
+        sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=cfg.seed + 10_000 + 100 * seed_offset + i)
+        total = torch.zeros((), device=device)
+        for _ in range(cfg.eval_iters):
+            x, y = sampler.next()
+            with precision.autocast():
+                total += model(x.to(device), y.to(device))[1].float()
+        out[name] = (total / cfg.eval_iters).item()
+    model.train(was_training)
+    return out
+
+
+def eval_row(losses: dict[str, float], bytes_per_token: float | None) -> dict[str, float]:
+    """The metrics row of an evaluation: val_loss, train_eval_loss, and val_bpb (bits per UTF-8 byte of
+    validation text) where the bytes per token are known."""
+    row = {"val_loss": losses["val"], "train_eval_loss": losses["train"]}
+    if bytes_per_token:
+        row["val_bpb"] = losses["val"] / math.log(2) / bytes_per_token
+    return row
+
+
+def sample_text(model: GPT, tokenizer, cfg: Config, log: RunLog, seed: int) -> str:
+    """A text sample for the log; a bad prompt warns instead of stopping the run."""
+    params, stops = SamplingParams.from_config(cfg), parse_stop(cfg.stop)
+    try:
+        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed, stops=stops)
+    except UserError as e:
+        log(f"warning: --prompt: {e}; sampling with those characters dropped")
+        return generate_text(model, tokenizer, cfg.prompt, cfg.sample_chars, params, seed=seed,
+                             drop_unknown=True, stops=stops)

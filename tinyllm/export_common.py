@@ -1,0 +1,68 @@
+"""What the exporters share (tinyllm.export_hf, tinyllm.export_gguf, and the command in tinyllm.export): which
+model options they know, the options no export target can represent, and how a refusal names them.
+
+An export that loads but computes something else would be worse than none, so every option is either mapped
+exactly or refused; a refusal names every option in the way, as the command line spells it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from tinyllm.errors import UserError
+from tinyllm.model import ModelArgs
+
+FORMATS = {"hf": "Hugging Face", "gguf": "GGUF"}
+GGUF_DTYPES = ("f32", "f16", "q8_0")
+DEFAULT_GGUF_DTYPE = "f16"
+
+# Every ModelArgs field, as the exporters see it. A new architecture option must be added here (and mapped or
+# refused by each exporter); tests/test_export_common.py fails until it is, so no option is exported by accident.
+HANDLED_FIELDS = frozenset({
+    "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias", "weight_tying", "mlp", "mlp_hidden",
+    "pos_encoding", "rope_theta", "norm", "qk_norm", "parallel_block", "sliding_window", "n_kv_head",
+    "logit_softcap", "norm_eps",
+    # training only: no effect on an evaluated model's logits
+    "dropout", "attention_dropout", "layerdrop", "grad_checkpointing",
+})
+
+
+def flag(name: str, value: Any) -> str:
+    """The command-line spelling of a setting: --name / --no-name for booleans, --name VALUE otherwise."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {value}"
+
+
+def check_known_options(a: ModelArgs, where: str) -> None:
+    """An option newer than the exporters: only its default (the old behaviour) is safe to export."""
+    for f in fields(a):
+        if f.name not in HANDLED_FIELDS and getattr(a, f.name) != f.default:
+            raise UserError(f"cannot export {flag(f.name, getattr(a, f.name))} to {where}: this exporter does not "
+                            "know that option yet")
+
+
+def common_needs(a: ModelArgs) -> list[tuple[str, Any, Any]]:
+    """(flag, this run's value, the value the export needs), for the options no target has."""
+    return [
+        ("parallel_block", a.parallel_block, False),
+        ("qk_norm", a.qk_norm, False),
+        ("sliding_window", a.sliding_window if a.window < a.block_size else 0, 0),
+        ("logit_softcap", a.logit_softcap, 0.0),
+    ]
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def refuse_unmet(a: ModelArgs, needs: list[tuple[str, Any, Any]], where: str, target: str) -> None:
+    """UserError naming every option whose value the target cannot compute (all of them, so that one retrain
+    fixes them all)."""
+    unmet = [(name, have, need) for name, have, need in needs if have != need]
+    if unmet:
+        have = _join([flag(name, value) for name, value, _ in unmet])
+        need = _join([flag(name, value) for name, _, value in unmet])
+        raise UserError(f"cannot export {have} to {where}: {flag('pos_encoding', a.pos_encoding)} exports as "
+                        f"{target}, which needs {need}")
