@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from tinyllm import config as C
-from tinyllm.errors import UserError
+from tinyllm.errors import exits_cleanly
 from tinyllm.runconfig import resolve_run
 
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    try:
+    with exits_cleanly():
         cfg, ckpt, source = resolve_run(ns)
         if ns.generate_only:
             from tinyllm.generate_cli import run_generation
@@ -52,12 +52,6 @@ def main(argv: list[str] | None = None) -> None:
             from tinyllm.train import train
 
             code = train(cfg, resume=ckpt, init=source)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     sys.exit(code)
 
 

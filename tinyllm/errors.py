@@ -1,4 +1,10 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The one exception type that means "the user asked for something we cannot do", and how entry points end on it."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
 
 
 class UserError(Exception):
@@ -6,3 +12,17 @@ class UserError(Exception):
 
     The message names the flag or file, says what is wrong and what to do about it.
     """
+
+
+@contextlib.contextmanager
+def exits_cleanly() -> Iterator[None]:
+    """For an entry point's main(): a UserError becomes its message on one line and exit status 2, Ctrl+C exit
+    status 130, neither with a traceback."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

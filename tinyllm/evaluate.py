@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyllm.errors import UserError
+from tinyllm.errors import UserError, exits_cleanly
 from tinyllm.model import GPT
 from tinyllm.text_source import open_source
 
@@ -229,16 +229,10 @@ def _summary(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
-    try:
+    with exits_cleanly():
         open_source(ns.data_path, "--data_path")  # before the model loads: a typo should not cost a minute
         r = evaluate(ns.model, ns.data_path, ns.stride, ns.batch_size, ns.device, ns.ema, ns.drop_unknown_chars,
                      ns.progress)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     print(_summary(r))
     print(json.dumps(r, ensure_ascii=False))
     sys.stdout.flush()

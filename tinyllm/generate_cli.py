@@ -20,7 +20,7 @@ import torch
 from tinyllm import config as C
 from tinyllm.checkpoint import CKPT_NAMES
 from tinyllm.device import resolve_device
-from tinyllm.errors import UserError
+from tinyllm.errors import UserError, exits_cleanly
 from tinyllm.generate import SamplingParams, model_from_checkpoint, parse_stop, prompt_ids, stream_text
 from tinyllm.runconfig import resolve_config
 
@@ -124,15 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     # The trainer's own resolution for --generate_only: checkpoint config < flags, shapes checked.
     ns.config, ns.resume, ns.generate_only = None, False, True
     del ns.interactive
-    try:
+    with exits_cleanly():
         cfg, ckpt = resolve_config(ns)
         code = run_generation(cfg, ckpt, interactive=interactive)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     sys.exit(code)
 
 
