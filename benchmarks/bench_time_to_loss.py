@@ -1,6 +1,7 @@
 """Time to a validation loss on tinyshakespeare (characters): tinyllm's CPU recipe beside a baseline baby GPT.
 
-    python benchmarks/bench_time_to_loss.py --seeds 1337 1338 1339 --json benchmarks/results/time_to_loss_cpu.json
+    python benchmarks/bench_time_to_loss.py --seeds 1337 1338 1339 \\
+        --json benchmarks/results/time_to_loss_cpu_native.json
     python benchmarks/bench_time_to_loss.py --target 1.88 --time_cap 300 --seeds 1337 1338
 
 The baseline is nanoGPT's CPU "baby GPT" written by hand in benchmarks/baseline.py: 4 layers, 4 heads, 128

@@ -23,6 +23,7 @@ import bench_optimizers  # noqa: E402
 import bench_throughput  # noqa: E402
 import bench_time_to_loss  # noqa: E402
 import common  # noqa: E402
+import profile_step  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -196,3 +197,15 @@ def test_data_smoke(tmp_path: Path, corpus: Path):
     assert all(s["encode_mib_s"] > 0 and s["bytes_per_token"] >= 1 for s in r["speed"])
     assert [x["phase"] for x in r["rss"]] == ["tokenise + train", "reuse tokens.bin + train"] and r["rss_ok"]
     assert json.loads((tmp_path / "data.json").read_text())["rss_ok"] is True
+
+
+def test_profile_step_splits_the_step_into_phases(corpus: Path):
+    """The profiler sees tinyllm's real step: the phases it labels were entered, their times add up within the
+    step, and the operator table is not empty."""
+    res = profile_step.main(["--data_path", str(corpus), "--steps", "2", "--warmup", "1", "--threads", "1",
+                             "--set", "n_layer=1", "n_head=2", "n_embd=32", "block_size=32", "batch_size=4"])
+    phases = res["phases"]
+    assert 0 < phases["model forward"] < phases["forward + loss + backward"]
+    assert phases["optimizer step"] > 0
+    assert phases["forward + loss + backward"] + phases["optimizer step"] <= res["ms_per_step"] * 1.05
+    assert res["top"] and all(r["self_ms"] >= 0 for r in res["top"])

@@ -29,9 +29,9 @@ def test_round_trip_of_plain_values(tmp_path):
 
 def test_wrappers_prefixes_are_stripped(tmp_path):
     w = torch.ones(1)
-    assert list(ckpt_io.strip_prefixes({"_orig_mod.module.head.weight": w, "module.a": w,
+    assert list(ckpt_io.strip_prefixes({"_orig_mod.module.head.weight": w, "module._orig_mod.b": w, "module.a": w,
                                 "blocks.0._orig_mod.attn.qkv": w, "plain": w})) == \
-        ["head.weight", "a", "blocks.0.attn.qkv", "plain"]
+        ["head.weight", "b", "a", "blocks.0.attn.qkv", "plain"]
     save_checkpoint(minimal(model={"_orig_mod.head.weight": w}), tmp_path / "ckpt.pt")
     assert list(load_checkpoint(tmp_path / "ckpt.pt")["model"]) == ["head.weight"]
 

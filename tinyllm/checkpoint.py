@@ -67,9 +67,9 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     """Remove the wrappers' prefixes (torch.compile's `_orig_mod.`, DDP's `module.`)."""
     out = {}
     for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
+        # The wrappers nest in either order (DDP around a compiled model, or the reverse).
+        while (prefix := next((p for p in ("_orig_mod.", "module.") if k.startswith(p)), None)) is not None:
+            k = k[len(prefix):]
         out[k.replace("._orig_mod.", ".")] = v
     return out
 

@@ -1,0 +1,109 @@
+"""Where a training step's time goes: torch.profiler over tinyllm's own train_step for a preset.
+
+    python benchmarks/profile_step.py                                   # config/shakespeare_char_cpu.json
+    python benchmarks/profile_step.py --preset config/tiny_char_gpt.json --set dropout=0.1
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/profile_step.py
+
+It builds the real Trainer (data, model, optimizer, precision) as `train_tinyllm.py` would, runs a few
+untimed warmup steps, then profiles --steps steps and prints two tables: the top operators by self CPU
+time, and the step split into the phases the loop calls (forward and loss, backward, optimizer, the
+rest: clipping, the finite check, data). The phase split comes from record_function ranges put around the
+Trainer's own calls from here, so the training code carries nothing for it. Figures are per step and name the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+PRESET = common.REPO / "config" / "shakespeare_char_cpu.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=str(PRESET), help="tinyllm preset JSON to profile")
+    p.add_argument("--data_path", default="", help="text to train on (default: the preset's, else the included "
+                   "corpus)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset settings")
+    p.add_argument("--steps", type=int, default=20, help="profiled steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    p.add_argument("--top", type=int, default=15, help="operators to list")
+    return p.parse_args(argv)
+
+
+def _wrap(obj: Any, name: str, label: str) -> None:
+    """Put obj.name inside a profiler range called label (on the instance, so nothing else changes)."""
+    import torch
+
+    inner = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with torch.profiler.record_function(label):
+            return inner(*args, **kwargs)
+
+    setattr(obj, name, wrapped)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    common.set_threads(a.threads)
+    import torch
+
+    values = common.parse_sets(a.set)
+    preset_values = common.tinyllm_config({}, a.preset)
+    data_path = a.data_path or preset_values.data_path
+    if not Path(data_path).exists():
+        data_path = str(common.REPO / "data" / "tiny_corpus.txt")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = common.tinyllm_config({"data_path": data_path, "out_dir": tmp, "eval_interval": 0, **values},
+                                    a.preset)
+        trainer = common.tinyllm_trainer(cfg)
+        m = common.machine(trainer.device)
+        print(f"machine: {common.describe(m)}", flush=True)
+        print(f"preset {Path(a.preset).name} {' '.join(a.set)}: {cfg.n_layer}x{cfg.n_embd}, block {cfg.block_size}, "
+              f"batch {cfg.batch_size}, optimizer {cfg.optimizer}, compute {trainer.precision.name}", flush=True)
+        # Label the phases from outside: the model's forward, the loop's forward_backward (forward, loss and
+        # backward of every micro-batch) and the optimizer's step; what remains is clipping, the finite check,
+        # the schedule and the data.
+        from tinyllm import train as train_module
+
+        _wrap(trainer.model, "forward", "phase: model forward")
+        _wrap(train_module, "forward_backward", "phase: forward + loss + backward")
+        _wrap(trainer.optimizer, "step", "phase: optimizer step")
+        run = common.tinyllm_step_runner(trainer)
+        run(a.warmup)
+        t0 = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run(a.steps)
+        wall_ms = (time.perf_counter() - t0) * 1000 / a.steps
+        trainer.close()
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    ops = sorted((e for e in events if not e.key.startswith("phase:")), key=lambda e: -e.self_cpu_time_total)
+    rows = [[e.key[:60], e.count // a.steps, f"{e.self_cpu_time_total / a.steps / 1000:.2f}",
+             f"{100 * e.self_cpu_time_total / total_us:.1f}%"] for e in ops[: a.top]]
+    print(f"\n{wall_ms:.1f} ms per step (profiled, so a little slower than unprofiled); top operators by self time:")
+    print(common.table(["operator", "calls/step", "self ms/step", "share"], rows))
+    phases = {e.key.removeprefix("phase: "): e.cpu_time_total / a.steps / 1000
+              for e in events if e.key.startswith("phase:")}
+    fwd_bwd = phases.get("forward + loss + backward", 0.0)
+    phases["backward (forward + loss + backward - model forward)"] = fwd_bwd - phases.get("model forward", 0.0)
+    phases["the rest (clip, finite check, schedule, data)"] = wall_ms - fwd_bwd - phases.get("optimizer step", 0.0)
+    print("\nphases (ms per step):")
+    print(common.table(["phase", "ms/step", "share of step"],
+                       [[k, f"{v:.1f}", f"{100 * v / wall_ms:.0f}%"] for k, v in phases.items()]))
+    return {"machine": m, "ms_per_step": wall_ms, "phases": phases,
+            "top": [{"op": r[0], "calls": r[1], "self_ms": float(r[2])} for r in rows]}
+
+
+if __name__ == "__main__":
+    main()
