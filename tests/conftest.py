@@ -63,13 +63,27 @@ def text_file(tmp_path: Path) -> Path:
     return p
 
 
-def run_cli(args: list[str]) -> int:
-    """Run the CLI in this process and return its exit status."""
+def exit_status(entry, args) -> int:
+    """Run an entry point's main(argv) in this process and return its exit status."""
     try:
-        main([str(a) for a in args])
+        entry([str(a) for a in args])
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
+
+
+def run_cli(args: list[str]) -> int:
+    """Run the training CLI in this process and return its exit status."""
+    return exit_status(main, args)
+
+
+def tiny_trained_run(tmp: Path, steps: int = 20) -> Path:
+    """A TINY model trained `steps` steps on make_text() under tmp/run (for module-scoped fixtures)."""
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(make_text(), encoding="utf-8")
+    out = tmp / "run"
+    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", steps, "--eval_interval", "0"]) == 0
+    return out
 
 
 def run_subprocess(args: list[str], **kw) -> subprocess.CompletedProcess:

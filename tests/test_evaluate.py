@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import CLASSIC, REPO, TINY, make_text, run_cli  # noqa: E402
+from conftest import CLASSIC, REPO, TINY, exit_status, make_text, run_cli  # noqa: E402
 
 from tinyllm.checkpoint import save_checkpoint  # noqa: E402
 from tinyllm.evaluate import eval_windows, evaluate, evaluate_ids, main  # noqa: E402
@@ -23,11 +23,7 @@ from tinyllm.tokenizer import CharTokenizer  # noqa: E402
 
 
 def run_eval(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(main, args)
 
 
 def last_json(out: str) -> dict:
@@ -57,16 +53,7 @@ def bpe_run(tmp_path_factory):
 def test_uniform_model_scores_ln_vocab(text_file, tmp_path, capsys):
     """All weights zero: every logit is 0, every prediction uniform, so the loss is ln(vocab) exactly."""
     text = text_file.read_text(encoding="utf-8")
-    tok = CharTokenizer.from_text(text)
-    args = ModelArgs(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16, block_size=32)
-    model = GPT(args)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-    run = tmp_path / "zero"
-    run.mkdir()
-    save_checkpoint({"format_version": 1, "config": {}, "model_args": args.to_dict(), "model": model.state_dict(),
-                     "tokenizer": tok.to_json(), "step": 0}, run / "ckpt.pt")
+    run, tok = zero_model_run(tmp_path / "zero", text)
     assert run_eval("--model", run, "--data_path", text_file, "--device", "cpu") == 0
     out = capsys.readouterr()
     r = last_json(out.out)

@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model
+from conftest import exit_status, tiny_model
 
 from tinyllm.checkpoint import FORMAT_VERSION, save_checkpoint
 from tinyllm.errors import UserError
@@ -17,11 +17,7 @@ from tinyllm.tokenizer import CharTokenizer
 
 
 def export(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(main, args)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLASSIC, TINY, make_text, run_cli
+from conftest import CLASSIC, TINY, exit_status, make_text, run_cli
 
 from tinyllm.errors import UserError
 from tinyllm.export import main
@@ -45,11 +45,7 @@ ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama"}
 
 
 def export(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(main, args)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import CLASSIC, TINY, make_text, run_cli  # noqa: E402
+from conftest import CLASSIC, TINY, exit_status, make_text, run_cli  # noqa: E402
 
 from tinyllm.errors import UserError  # noqa: E402
 from tinyllm.export import main  # noqa: E402
@@ -31,11 +31,7 @@ TARGETS = {
 
 
 def export(*args) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(main, args)
 
 
 @pytest.fixture

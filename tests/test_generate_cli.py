@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY, make_text, run_cli
+from conftest import REPO, run_cli, tiny_trained_run
 
 from tinyllm.generate import StopScanner, parse_stop
 from tinyllm.generate_cli import main
@@ -16,12 +16,7 @@ from tinyllm.generate_cli import main
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gen")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text(make_text(), encoding="utf-8")
-    out = tmp / "run"
-    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "20", "--eval_interval", "0"]) == 0
-    return out
+    return tiny_trained_run(tmp_path_factory.mktemp("gen"))
 
 
 def gen(capsys, *args) -> tuple[int, str, str]:

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, exit_status, run_cli
 
 from tinyllm.plot import curve
 from tinyllm.plot import main as plot_main
@@ -28,11 +28,7 @@ def assert_png(path) -> None:
 
 
 def plot(*args) -> int:
-    try:
-        plot_main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(plot_main, args)
 
 
 def test_runs_write_loss_png_and_the_command_overlays_them(corpus, tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, make_text, run_cli
+from conftest import REPO, run_cli, tiny_trained_run
 
 pytest.importorskip("fastapi", reason="tinyllm-serve needs the serve extra")
 uvicorn = pytest.importorskip("uvicorn", reason="tinyllm-serve needs the serve extra")
@@ -28,12 +28,7 @@ KEY = "sk-test-key"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text(make_text(), encoding="utf-8")
-    out = tmp / "run"
-    assert run_cli(["--data_path", corpus, "--out_dir", out, *TINY, "--max_steps", "20", "--eval_interval", "0"]) == 0
-    return out
+    return tiny_trained_run(tmp_path_factory.mktemp("serve"))
 
 
 @contextlib.contextmanager
