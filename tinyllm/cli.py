@@ -12,19 +12,13 @@ import argparse
 import sys
 
 from tinyllm import config as C
-from tinyllm.errors import exits_cleanly
+from tinyllm.errors import OneLineParser, exits_cleanly
 from tinyllm.runconfig import resolve_run
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        # One line instead of argparse's usage block, which for this many flags spans a screen.
-        self.exit(2, f"error: {message} (see python train_tinyllm.py --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="train_tinyllm.py",
+    p = OneLineParser(
+        prog="train_tinyllm.py", help_command="python train_tinyllm.py",
         description="Train a tiny GPT on a text file, resume it, or sample from it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

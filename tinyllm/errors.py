@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,18 @@ class UserError(Exception):
 
     The message names the flag or file, says what is wrong and what to do about it.
     """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An entry point's argparse parser whose errors are one line and exit status 2: argparse's usage block
+    spans a screen for this many flags. `help_command` is how the user asks for --help (default: prog)."""
+
+    def __init__(self, *args, help_command: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_command = help_command or self.prog
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.help_command} --help)\n")
 
 
 @contextlib.contextmanager

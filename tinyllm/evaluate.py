@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyllm.errors import UserError, exits_cleanly
+from tinyllm.errors import OneLineParser, UserError, exits_cleanly
 from tinyllm.model import GPT
 from tinyllm.text_source import open_source
 
@@ -184,13 +184,8 @@ def evaluate(model_path: str, data_path: str, stride: int = 0, batch_size: int =
 
 # --- the command --------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see tinyllm-eval --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tinyllm-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog="tinyllm-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 description="Mean cross-entropy, perplexity and bits per byte of a model on a text. The last line "
                             "of stdout is a JSON object of the figures.")
     p.add_argument("--model", required=True, metavar="PATH",

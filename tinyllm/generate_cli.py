@@ -20,7 +20,7 @@ import torch
 from tinyllm import config as C
 from tinyllm.checkpoint import CKPT_NAMES
 from tinyllm.device import resolve_device
-from tinyllm.errors import UserError, exits_cleanly
+from tinyllm.errors import OneLineParser, UserError, exits_cleanly
 from tinyllm.generate import SamplingParams, model_from_checkpoint, parse_stop, prompt_ids, stream_text
 from tinyllm.runconfig import resolve_config
 
@@ -103,13 +103,8 @@ def _prompt_loop(session: _Session) -> None:
             return
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see tinyllm-generate --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tinyllm-generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog="tinyllm-generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 description="Sample text from a trained tinyllm run. Settings not given are the run's own.")
     p.add_argument("--interactive", action="store_true",
                    help="Keep the model loaded and read one prompt per line from stdin; an empty line, "

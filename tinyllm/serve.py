@@ -44,7 +44,7 @@ import torch
 from tinyllm import config as C
 from tinyllm.checkpoint import CKPT_NAMES
 from tinyllm.device import resolve_device
-from tinyllm.errors import UserError
+from tinyllm.errors import OneLineParser, UserError
 from tinyllm.generate import SamplingParams, model_from_checkpoint, parse_stop, prompt_ids, stream_text
 from tinyllm.runconfig import resolve_config
 
@@ -511,13 +511,8 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {message} (see tinyllm-serve --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="tinyllm-serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog="tinyllm-serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                 description="Serve a trained tinyllm run over an OpenAI-compatible HTTP API (/v1/completions). "
                             "The generation settings below are the defaults of every request; not given, "
                             "they are the run's own.")
