@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.set_threads(a.threads)
     import torch
 
+    from tinyllm import config as C
+
     values = common.parse_sets(a.set)
-    preset_values = common.tinyllm_config({}, a.preset)
-    data_path = a.data_path or preset_values.data_path
+    data_path = a.data_path or C.load_json(a.preset).get("data_path", "")
     if not Path(data_path).exists():
+        print(f"no text at {data_path!r}: profiling on the included corpus", flush=True)
         data_path = str(common.REPO / "data" / "tiny_corpus.txt")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = common.tinyllm_config({"data_path": data_path, "out_dir": tmp, "eval_interval": 0, **values},
