@@ -63,3 +63,7 @@ def test_command_errors_are_one_line_and_status_2(run, tmp_path, capsys):
     err = capsys.readouterr().err  # no checkpoint (or, without the export extra, the extra to install)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "hf").exists()
+    assert export("--out_dir", run, "--format", "zip", "--output", tmp_path / "hf") == 2  # argparse's own errors
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --format: invalid choice") and err.count("\n") == 1
+    assert "(see python -m tinyllm.export --help)" in err

@@ -13,21 +13,60 @@ from tinyllm.metrics import read_metrics
 from tinyllm.train import forward_backward
 
 
-def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path, capsys):
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """tinyllm.train's clock made of the work done: each training step takes `step_s` seconds, each
+    evaluation `eval_s`, nothing else any time, so time-budget tests do not depend on the machine's speed."""
+    from types import SimpleNamespace
+
+    from tinyllm import train as T
+
+    clock = SimpleNamespace(now=0.0, step_s=1.0, eval_s=0.0)
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def timed(method, duration):
+        def run(self, *args):
+            clock.now += getattr(clock, duration)
+            return method(self, *args)
+        return run
+
+    monkeypatch.setattr(T.Trainer, "train_step", timed(T.Trainer.train_step, "step_s"))
+    monkeypatch.setattr(T.Trainer, "eval_and_keep_best", timed(T.Trainer.eval_and_keep_best, "eval_s"))
+    return clock
+
+
+def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path, capsys, fake_clock):
     out = tmp_path / "run"
+    fake_clock.step_s = 0.1  # 30 steps in the budget of 3 s
     assert train(corpus, out, "--max_steps", "0", "--max_time", "3", "--lr_warmup_steps", "2",
                  "--lr_schedule", "wsd", "--lr", "1e-2", "--lr_min", "1e-4", "--eval_interval", "100000",
                  "--log_interval", "1") == 0
     rows = read_metrics(out / "metrics.jsonl")
-    assert rows[-1] == rows[-1] | {"event": "end", "reason": "max_time"}
+    assert rows[-1] == rows[-1] | {"event": "end", "reason": "max_time", "step": 30}
     assert "val_loss" in rows[-2]  # the end of the budget is the last step: it is evaluated
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert max(lrs) == pytest.approx(1e-2) and lrs[-1] < 2e-3  # held, then decayed by the end
     ckpt = load_checkpoint(out / "ckpt.pt")
-    assert ckpt["time_s"] >= 3
+    assert ckpt["time_s"] == pytest.approx(3.0)
     assert "--resume" not in capsys.readouterr().err.split("done (max_time)")[-1]  # nothing left to continue
     assert run_cli(["--out_dir", out, "--resume", "--no-progress"]) == 0
     assert load_checkpoint(out / "ckpt.pt")["step"] == ckpt["step"]  # a finished budget trains no further
+
+
+def test_time_budget_counts_training_not_evaluations(corpus, tmp_path, capsys, fake_clock):
+    """Each step takes 1 s, each evaluation 50 s: a budget of 10 s trains 10 steps and evaluates every 2 of
+    them; if evaluations counted, it would end after the first one."""
+    fake_clock.eval_s = 50.0
+    trainer = tiny_trainer(corpus, tmp_path / "run", max_steps=0, max_time=10.0, eval_interval=2,
+                           eval_iters=1, sample_interval=0, log_interval=1)
+    try:
+        assert trainer.run() == 0
+    finally:
+        trainer.close()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 8, 10]
+    assert rows[-1]["step"] == 10 and rows[-1]["time_s"] == pytest.approx(10.0)
+    assert "10.0 s of training (260 s wall clock)" in capsys.readouterr().err
 
 
 def test_accumulated_gradient_equals_big_batch():

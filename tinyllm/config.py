@@ -115,8 +115,9 @@ class Config:
     batch_size: int = opt(32, "Sequences per optimizer step.", "training", min=1)
     max_steps: int = opt(1200, "Optimizer steps to train for (the run's total, across resumes); 0 = train for "
                          "--max_time seconds, with the schedule laid over that time.", "training", min=0)
-    max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of training in this session; "
-                          "0 = no limit. With --max_steps 0: the run's whole length, across resumes.",
+    max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of wall clock in this session; "
+                          "0 = no limit. With --max_steps 0: the run's whole length in seconds of training "
+                          "(evaluations, samples and saves are off the clock), across resumes.",
                           "training", min=0.0)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
                            "training", min=0.0)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
-from tinyllm.errors import UserError
+from tinyllm.errors import OneLineParser, UserError, exits_cleanly
 from tinyllm.export_common import (  # noqa: F401 - HANDLED_FIELDS is re-exported for tests and readers
     DEFAULT_GGUF_DTYPE,
     FORMATS,
@@ -82,8 +81,8 @@ def command_text(argv: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tinyllm.export",
-                                description="Export a tinyllm run to a Hugging Face folder or a GGUF file.")
+    p = OneLineParser(prog="python -m tinyllm.export",
+                      description="Export a tinyllm run to a Hugging Face folder or a GGUF file.")
     p.add_argument("--out_dir", required=True, help="The run folder (holding ckpt.pt).")
     p.add_argument("--format", choices=tuple(FORMATS), default="hf",
                    help="hf: a transformers folder (safetensors, config.json, tokenizer, generation_config.json); "
@@ -101,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
-    try:
+    with exits_cleanly():
         if ns.format == "hf":
             if ns.dtype is not None:
                 raise UserError("--dtype applies to --format gguf only; a Hugging Face folder is written in float32")
@@ -113,9 +112,6 @@ def main(argv: list[str] | None = None) -> None:
 
             export_gguf(ns.out_dir, ns.output, ns.ckpt, dtype=ns.dtype or DEFAULT_GGUF_DTYPE,
                         use_ema=not ns.no_ema, overwrite=ns.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -195,13 +195,16 @@ class RunEnd:
         return row
 
 
-def summarize(cfg: Config, p: Progress, reason: str, log: RunLog) -> None:
+def summarize(cfg: Config, p: Progress, reason: str, log: RunLog, wall_s: float | None = None) -> None:
+    """The closing lines; `wall_s`, this session's wall clock, beside the training time (which leaves out
+    evaluations, samples and saves)."""
     out = Path(cfg.out_dir)
     best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else "n/a (eval disabled)"
     lines = [
         f"done ({reason}) at step {p.step}" + (f"/{cfg.max_steps}" if cfg.max_steps else "")
         + f": best val loss {best}, "
-        f"{p.time_s:.1f} s of training, {p.tokens_seen:,} tokens seen"
+        f"{p.time_s:.1f} s of training" + (f" ({wall_s:.0f} s wall clock)" if wall_s is not None else "")
+        + f", {p.tokens_seen:,} tokens seen"
         + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
         f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
                                              else ""),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -333,7 +334,7 @@ class Trainer:
         (see LogWindow), then, when due, logs, evaluates, samples, checkpoints and checks whether to stop."""
         cfg, p = self.cfg, self.progress
         self.announce()
-        self.t_session, self.time_before = time.perf_counter(), p.time_s
+        self.t_session, self.time_before, self.paused_s = time.perf_counter(), p.time_s, 0.0
         window = LogWindow(self.device, p, cfg.skip_nonfinite, self.log, now=self.t_session)
         end = RunEnd("max_steps")
         self.model.train()
@@ -359,12 +360,14 @@ class Trainer:
                         self.log_train_row(window, t, lr_time, bar)
                     if bar is not None:
                         bar.update(1)
-                    if cfg.eval_interval > 0 and (self.due(cfg.eval_interval) or last):
-                        self.eval_and_keep_best()
-                    if self.dist.is_main and (self.due(cfg.sample_interval) or (last and cfg.sample_interval > 0)):
-                        self.sample()
-                    if self.due(cfg.checkpoint_interval) and not last:
-                        self.save("last")
+                    with self.off_the_clock():
+                        if cfg.eval_interval > 0 and (self.due(cfg.eval_interval) or last):
+                            self.eval_and_keep_best()
+                        if self.dist.is_main and (self.due(cfg.sample_interval)
+                                                  or (last and cfg.sample_interval > 0)):
+                            self.sample()
+                        if self.due(cfg.checkpoint_interval) and not last:
+                            self.save("last")
                     if stopped := self.stop_requested(stop, last):
                         end = stopped
                         break
@@ -387,6 +390,17 @@ class Trainer:
         p = self.progress
         return p.time_s < self.cfg.max_time if self.budgeted else p.step < self.cfg.max_steps
 
+    @contextlib.contextmanager
+    def off_the_clock(self) -> Iterator[None]:
+        """Evaluations, samples and checkpoints are not training time: a --max_time budget (and the schedule
+        laid over it) trains the same steps however often the run evaluates, and the speed-run convention
+        agrees. Wall clock still ends a session's --max_time when --max_steps is set (see stop_requested)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t0
+
     def due(self, interval: int) -> bool:
         return interval > 0 and self.progress.step % interval == 0
 
@@ -394,7 +408,7 @@ class Trainer:
         p, cfg = self.progress, self.cfg
         p.step += 1
         p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
-        p.time_s = self.time_before + time.perf_counter() - self.t_session
+        p.time_s = self.time_before + time.perf_counter() - self.t_session - self.paused_s
 
     def is_last_step(self) -> bool:
         if self.budgeted:
@@ -464,7 +478,7 @@ class Trainer:
             self.log(f"error: {end.error}")
         self.write(end.row(self.progress))
         if main and end.reason != "error":
-            summarize(self.cfg, self.progress, end.reason, self.log)
+            summarize(self.cfg, self.progress, end.reason, self.log, time.perf_counter() - self.t_session)
         self.plot_pending = main  # drawn by close(), after the process group is gone (see train())
         return end.exit_code
 
