@@ -4,7 +4,7 @@ and fp32 vs --amp tokens/s, on tinyshakespeare (characters).
     python benchmarks/bench_optimizers.py --budget 60 --json benchmarks/results/optimizers_cpu.json
     python benchmarks/bench_optimizers.py --budget 5 --tiny      # a smoke run
 
-Every run uses the preset's model and settings (default config/shakespeare_char_cpu.json) and changes only
+Every run uses the preset's model and settings (default config/shakespeare_char_cpu_sprint.json) and changes only
 the optimizer, with each optimizer's documented rates (OPTIMIZERS below). Each optimizer runs in a fresh
 process, with its schedule sized to the budget: its steady-state speed is measured first on a throwaway
 trainer, and max_steps is set to what fits in 97% of --budget seconds, so every run warms up, holds and
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-PRESET = common.REPO / "config" / "shakespeare_char_cpu.json"
+PRESET = common.REPO / "config" / "shakespeare_char_cpu_sprint.json"
 # Each optimizer's documented rates (docs/training.md, "Optimizer and learning rate"): Lion wants a ~10x lower lr
 # and a higher decay.
 OPTIMIZERS: dict[str, dict[str, Any]] = {

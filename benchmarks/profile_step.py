@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch.profiler over tinyllm's own train_step for a preset.
 
-    python benchmarks/profile_step.py                                   # config/shakespeare_char_cpu.json
+    python benchmarks/profile_step.py                                   # config/shakespeare_char_cpu_sprint.json
     python benchmarks/profile_step.py --preset config/tiny_char_gpt.json --set dropout=0.1
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/profile_step.py
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-PRESET = common.REPO / "config" / "shakespeare_char_cpu.json"
+PRESET = common.REPO / "config" / "shakespeare_char_cpu_sprint.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -113,3 +113,25 @@ def tiny_model(seed=0, **kw):
     """A tiny GPT, seeded (13 tokens, 2 layers, width 16, block 8; `kw` overrides ModelArgs)."""
     torch.manual_seed(seed)
     return GPT(ModelArgs(**({"vocab_size": 13, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8} | kw)))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """tinyllm.train's clock made of the work done: each training step takes `step_s` seconds, each
+    evaluation `eval_s`, nothing else any time, so time-budget tests do not depend on the machine's speed."""
+    from types import SimpleNamespace
+
+    from tinyllm import train as T
+
+    clock = SimpleNamespace(now=0.0, step_s=1.0, eval_s=0.0)
+    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def timed(method, duration):
+        def run(self, *args):
+            clock.now += getattr(clock, duration)
+            return method(self, *args)
+        return run
+
+    monkeypatch.setattr(T.Trainer, "train_step", timed(T.Trainer.train_step, "step_s"))
+    monkeypatch.setattr(T.Trainer, "eval_and_keep_best", timed(T.Trainer.eval_and_keep_best, "eval_s"))
+    return clock

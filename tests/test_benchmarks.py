@@ -109,6 +109,16 @@ def test_time_to_loss_smoke(tmp_path: Path, corpus: Path):
     assert json.loads(out.read_text())["target"] == 50
 
 
+def test_time_to_loss_times_tinyllm_by_its_training_clock(corpus: Path, fake_clock):
+    """Steps take 1 s and evaluations 100 s on a fake clock: the curve counts the steps only, once."""
+    fake_clock.eval_s = 100.0
+    a = bench_time_to_loss.parse_args(["--target", "0", "--time_cap", "1000", "--set", "n_layer=1", "n_head=2",
+                                       "n_embd=32", "block_size=32", "batch_size=4", "max_steps=10",
+                                       "eval_interval=5", "eval_iters=1", "sample_interval=0"])
+    run = bench_time_to_loss.run_tinyllm(a, 1337, str(corpus))
+    assert [(c["step"], c["train_s"]) for c in run["curve"]] == [(5, 5.0), (10, 10.0)]
+
+
 def test_default_run_smoke(tmp_path: Path, corpus: Path):
     """The real command in its own process, with flags that make it tiny; wall clock, best val, the sample and
     the CPU capability come back."""

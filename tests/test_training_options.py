@@ -13,28 +13,6 @@ from tinyllm.metrics import read_metrics
 from tinyllm.train import forward_backward
 
 
-@pytest.fixture
-def fake_clock(monkeypatch):
-    """tinyllm.train's clock made of the work done: each training step takes `step_s` seconds, each
-    evaluation `eval_s`, nothing else any time, so time-budget tests do not depend on the machine's speed."""
-    from types import SimpleNamespace
-
-    from tinyllm import train as T
-
-    clock = SimpleNamespace(now=0.0, step_s=1.0, eval_s=0.0)
-    monkeypatch.setattr(T, "time", SimpleNamespace(perf_counter=lambda: clock.now))
-
-    def timed(method, duration):
-        def run(self, *args):
-            clock.now += getattr(clock, duration)
-            return method(self, *args)
-        return run
-
-    monkeypatch.setattr(T.Trainer, "train_step", timed(T.Trainer.train_step, "step_s"))
-    monkeypatch.setattr(T.Trainer, "eval_and_keep_best", timed(T.Trainer.eval_and_keep_best, "eval_s"))
-    return clock
-
-
 def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path, capsys, fake_clock):
     out = tmp_path / "run"
     fake_clock.step_s = 0.1  # 30 steps in the budget of 3 s
