@@ -47,6 +47,19 @@ def test_time_budget_counts_training_not_evaluations(corpus, tmp_path, capsys, f
     assert "10.0 s of training (260 s wall clock)" in capsys.readouterr().err
 
 
+def test_budgeted_ranks_share_one_clock(corpus, tmp_path, fake_clock, monkeypatch):
+    """Under DDP each rank's clock differs (rank 0 samples off its clock while the others wait); a budget's
+    schedule follows the clock, so the ranks agree on one (their mean) at every step, or their weights drift."""
+    trainer = tiny_trainer(corpus, tmp_path / "run", max_steps=0, max_time=10.0)
+    try:
+        monkeypatch.setattr(trainer.dist, "mean", lambda value: 42.0)  # what the all-reduce agreed on
+        trainer.t_session, trainer.time_before, trainer.paused_s = 0.0, 0.0, 0.0
+        trainer.count_step(trainer.cfg.block_size)
+        assert trainer.progress.time_s == 42.0 and trainer.is_last_step()
+    finally:
+        trainer.close()
+
+
 def test_accumulated_gradient_equals_big_batch():
     torch.manual_seed(1)
     x = torch.randint(0, 13, (16, 8))

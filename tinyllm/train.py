@@ -409,11 +409,12 @@ class Trainer:
         p.step += 1
         p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
         p.time_s = self.time_before + time.perf_counter() - self.t_session - self.paused_s
+        if self.budgeted:  # the schedule follows this clock, so every rank must read the same one (rank 0 alone
+            p.time_s = self.dist.mean(p.time_s)  # samples, off its clock, while the others wait on theirs)
 
     def is_last_step(self) -> bool:
         if self.budgeted:
-            (last,) = self.dist.any_true(self.progress.time_s >= self.cfg.max_time)
-            return last
+            return self.progress.time_s >= self.cfg.max_time  # the clock is agreed on (see count_step)
         return self.progress.step == self.cfg.max_steps
 
     def log_train_row(self, window: LogWindow, t: int, lr_time: float, bar: Any) -> None:
