@@ -12,10 +12,9 @@ wide, block 64, batch 12, head tied to the embedding, AdamW lr 1e-3 (betas 0.9/0
 Each run trains until its validation loss is <= --target or --time_cap seconds of training have passed.
 The clock counts training only: evaluations (and the best-checkpoint saves they trigger in tinyllm) are
 off it (tinyllm's own training clock leaves them out), so how often each side evaluates does not change
-its time. Both estimate the
-validation loss on the same held-out text (the last 10% of the file) from at least --eval_tokens tokens,
-so a lucky estimate cannot carry either one. Runs go one after the other, each in a fresh process (as a
-user trains); the load average is recorded before each.
+its time. Both estimate the validation loss on the same held-out text (the last 10% of the file) from at
+least --eval_tokens tokens, so a lucky estimate cannot carry either one. Runs go one after the other, each
+in a fresh process (as a user trains); the load average is recorded before each.
 """
 
 from __future__ import annotations

@@ -186,8 +186,8 @@ def evaluate(model_path: str, data_path: str, stride: int = 0, batch_size: int =
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="tinyllm-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                description="Mean cross-entropy, perplexity and bits per byte of a model on a text. The last line "
-                            "of stdout is a JSON object of the figures.")
+                      description="Mean cross-entropy, perplexity and bits per byte of a model on a text. The "
+                                  "last line of stdout is a JSON object of the figures.")
     p.add_argument("--model", required=True, metavar="PATH",
                    help="A tinyllm run folder (its ckpt.pt), a checkpoint file (e.g. RUN/ckpt_best.pt), or a "
                         "Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder.")

@@ -105,7 +105,7 @@ def _prompt_loop(session: _Session) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="tinyllm-generate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                description="Sample text from a trained tinyllm run. Settings not given are the run's own.")
+                      description="Sample text from a trained tinyllm run. Settings not given are the run's own.")
     p.add_argument("--interactive", action="store_true",
                    help="Keep the model loaded and read one prompt per line from stdin; an empty line, "
                         "Ctrl+D or Ctrl+C quits.")

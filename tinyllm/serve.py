@@ -513,9 +513,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="tinyllm-serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                description="Serve a trained tinyllm run over an OpenAI-compatible HTTP API (/v1/completions). "
-                            "The generation settings below are the defaults of every request; not given, "
-                            "they are the run's own.")
+                      description="Serve a trained tinyllm run over an OpenAI-compatible HTTP API "
+                                  "(/v1/completions). The generation settings below are the defaults of every "
+                                  "request; not given, they are the run's own.")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1",
                    help="Address to listen on; anything but loopback without --api_key prints a warning.")

@@ -409,8 +409,10 @@ class Trainer:
         p.step += 1
         p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
         p.time_s = self.time_before + time.perf_counter() - self.t_session - self.paused_s
-        if self.budgeted:  # the schedule follows this clock, so every rank must read the same one (rank 0 alone
-            p.time_s = self.dist.mean(p.time_s)  # samples, off its clock, while the others wait on theirs)
+        if self.budgeted:
+            # The schedule follows this clock, so every rank must read the same one: rank 0 alone samples, off
+            # its clock, while the others wait on theirs.
+            p.time_s = self.dist.mean(p.time_s)
 
     def is_last_step(self) -> bool:
         if self.budgeted:
