@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import CLASSIC, TINY, run_cli
 
 from tinyllm import config as C
@@ -14,7 +15,7 @@ from tinyllm.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from tinyllm.cli import build_parser
 from tinyllm.errors import UserError
 from tinyllm.generate import load_model
-from tinyllm.model import GPT, ModelArgs, attention_mask, layerdrop_scales
+from tinyllm.model import GPT, ModelArgs, _ReLU2, attention_mask, layerdrop_scales
 from tinyllm.runconfig import resolve_config
 from tinyllm.tokenizer import CharTokenizer
 
@@ -367,3 +368,15 @@ def test_attention_dropout_off_keeps_dropout_on_the_residual_branches_only():
     a, _ = model(idx)
     b, _ = model(idx)
     assert torch.equal(a, b)  # no dropout at all in eval mode
+
+
+def test_relu2_matches_autograd_chain_in_value_and_gradient() -> None:
+    h = torch.randn(4, 7, 33, dtype=torch.float64, requires_grad=True)
+    h.data[0, 0, :3] = 0.0  # relu's kink: both give gradient 0 there
+    grad = torch.randn_like(h)
+    (want,) = torch.autograd.grad(F.relu(h).square(), h, grad)
+    out = _ReLU2.apply(h)
+    (got,) = torch.autograd.grad(out, h, grad)
+    assert torch.equal(out, F.relu(h).square())
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(_ReLU2.apply, (h[:1, :2].detach().clone().requires_grad_(),))

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 Rotate = Callable[[torch.Tensor], torch.Tensor]
@@ -166,11 +167,29 @@ class GeluTanhMLP(MLP):
         return F.gelu(h, approximate="tanh")
 
 
+class _ReLU2(torch.autograd.Function):
+    """relu(h)^2 with a backward of one saved tensor and two passes. Autograd's own chain (relu, then square)
+    saves both h and relu(h) and runs four full-size passes backward; at block 256 x batch 8 on a CPU those
+    passes over the 4x-wide hidden layer were a fifth of the step."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor) -> torch.Tensor:
+        r = torch.relu(h)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (r + r).mul_(grad)  # d/dh relu(h)^2 = 2 relu(h)
+
+
 class ReLU2MLP(MLP):
     """Squared ReLU (So et al., 2021, "Primer")."""
 
     def act(self, h: torch.Tensor) -> torch.Tensor:
-        return F.relu(h).square()
+        return _ReLU2.apply(h)
 
 
 class SwiGLUMLP(MLP):
