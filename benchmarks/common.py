@@ -39,7 +39,8 @@ if str(REPO) not in sys.path:  # the benchmarks run as scripts from a clone, wit
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 # The documented switches that hold torch's CPU kernels at a lower instruction set; with all three at AVX2, a
 # CPU with AVX-512 BF16 computes (and is detected) as an AVX2 CPU without native bf16.
-CAPABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+from tinyllm.precision import CAPABILITY_SWITCHES as CAPABILITY_ENV  # noqa: E402
+
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,6 +1,8 @@
 """Native-bf16 detection: the CPU's flags, and the documented switches that hold torch below them (which is how
 the benchmarks emulate an AVX2 CPU on a newer one). The capability is mocked; nothing here depends on this CPU."""
 
+import os
+
 import pytest
 import torch
 
@@ -92,3 +94,39 @@ def test_amp_on_cpu_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
     assert P.choose_precision(cpu, amp=True).dtype == torch.bfloat16
     assert P.choose_precision(cpu, amp=False).dtype == torch.float32
+
+
+def _clear(monkeypatch, *names: str) -> None:
+    """Unset names, and have monkeypatch restore them afterwards even where the code under test sets them
+    (delenv alone records nothing for a variable that is not there)."""
+    for name in names:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+def test_compile_cache_is_kept_apart_per_capability_switch(monkeypatch, tmp_path):
+    _clear(monkeypatch, *P.CAPABILITY_SWITCHES, "TORCHINDUCTOR_CACHE_DIR")
+    assert P.separate_compile_cache() == "" and "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # no switch held
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    avx2 = P.separate_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == avx2 and "ATEN_CPU_CAPABILITY-avx2" in avx2
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert P.separate_compile_cache() not in ("", avx2)  # another setting, another cache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.path.dirname(avx2))  # torch's default, as torch sets it
+    assert P.separate_compile_cache() == avx2.replace("ATEN_CPU_CAPABILITY-avx2", "ATEN_CPU_CAPABILITY-avx512")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the user's own choice stays
+    assert P.separate_compile_cache() == "" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+
+
+def test_compiling_under_a_capability_switch_uses_its_own_cache(monkeypatch):
+    from tinyllm.train import compile_model
+
+    _clear(monkeypatch, *P.CAPABILITY_SWITCHES, "TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    compile_model(torch.nn.Linear(2, 2), "eager")  # torch.compile is lazy: nothing compiles here
+    assert "ATEN_CPU_CAPABILITY-avx2" in os.environ["TORCHINDUCTOR_CACHE_DIR"]

@@ -57,6 +57,30 @@ def bf16_kernels_disabled() -> str:
     return ""
 
 
+CAPABILITY_SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def separate_compile_cache() -> str:
+    """Give torch.compile a cache of its own for each setting of the capability switches, unless
+    TORCHINDUCTOR_CACHE_DIR is already set; returns the directory chosen ("" = left alone). Inductor's cache
+    does not tell them apart (torch 2.13): a CPU graph compiled under ATEN_CPU_CAPABILITY=avx2 and then loaded
+    by a run without the switches corrupted the heap and aborted the run (measured here, reproducibly)."""
+    held = [f"{k}={os.environ[k]}" for k in CAPABILITY_SWITCHES if os.environ.get(k, "").strip()]
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        base = default_cache_dir()
+    except ImportError:  # older torch: its default place
+        import getpass
+        import tempfile
+        base = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+    # torch itself writes its default into the variable once it has compiled something in this process
+    if not held or os.environ.get("TORCHINDUCTOR_CACHE_DIR", base) not in ("", base):
+        return ""
+    tag = ".".join("".join(c if c.isalnum() or c == "_" else "-" for c in h) for h in held)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path = os.path.join(base, f"capability_{tag}")
+    return path
+
+
 def cpu_has_native_bf16() -> bool:
     """True where bf16 matmuls run natively: a CPU with bf16 dot-product instructions (AVX512-BF16) or AMX
     tiles, and torch allowed to use them (see the module docstring). TINYLLM_NATIVE_BF16=0/1 overrides."""

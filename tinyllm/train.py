@@ -41,7 +41,7 @@ from tinyllm.metrics import MetricsWriter
 from tinyllm.model import GPT, ModelArgs
 from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
 from tinyllm.plot import plot_at_end
-from tinyllm.precision import Precision, choose_precision, cpu_description
+from tinyllm.precision import Precision, choose_precision, cpu_description, separate_compile_cache
 from tinyllm.rundir import RunLock, check_writable, prepare_run_dir
 from tinyllm.runlog import (
     EXIT_CODES,
@@ -83,6 +83,7 @@ def compile_model(model: torch.nn.Module, backend: str) -> torch.nn.Module:
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
         raise UserError(f"--compile_backend '{backend}' is not a registered backend; use one of {', '.join(known)}")
+    separate_compile_cache()
     return torch.compile(model, backend=backend)
 
 
