@@ -4,9 +4,10 @@ import math
 import random
 
 import torch
+import torch.nn.functional as F
 from conftest import TINY, run_cli, tiny_trainer
 
-from tinyllm.evaluation import eval_row, evaluate, sample_text
+from tinyllm.evaluation import eval_row, evaluate, sample_text, whole_split_loss
 from tinyllm.metrics import read_metrics
 
 # The settings of tests/test_safety.py's runs, where this test was first written.
@@ -37,6 +38,52 @@ def test_evaluation_uses_the_same_batches_and_leaves_the_rngs_alone(corpus, tmp_
         assert other_rank != first  # each DDP rank evaluates batches of its own
     finally:
         trainer.close()
+
+
+def test_whole_split_loss_scores_every_token_once(corpus, tmp_path):
+    trainer = tiny_trainer(corpus, tmp_path / "run")
+    try:
+        model, precision = trainer.model.eval(), trainer.precision
+        for n in (16 * 7 + 1, 16 * 7 + 6):  # 7 full windows of 16; then a short tail of 5 targets as well
+            data = trainer.eval_splits["val"][:n].long()
+            want, count = 0.0, 0
+            for start in range(0, n - 1, 16):  # the reference: window by window, token by token
+                x = data[start:min(start + 16, n - 1)][None]
+                y = data[start + 1:start + 1 + x.shape[1]][None]
+                with torch.no_grad():
+                    nll = F.cross_entropy(model(x)[0][0].double(), y[0], reduction="sum")
+                want, count = want + nll.item(), count + y.numel()
+            got, batches = whole_split_loss(model, data, 16, 3, torch.device("cpu"), precision)
+            assert count == n - 1 and math.isclose(got, want / count, rel_tol=1e-5)
+            assert batches == 3 + (n % 16 > 1)  # 7 windows in batches of 3, and the tail alone
+    finally:
+        trainer.close()
+
+
+def test_eval_full_scores_val_whole_whatever_the_seed(corpus, tmp_path):
+    def losses(seed: int, **settings) -> dict[str, float]:
+        trainer = tiny_trainer(corpus, tmp_path / f"run{seed}", seed=seed, eval_iters=2, overwrite=True, **settings)
+        try:
+            trainer.model.load_state_dict(weights)  # the same model: only the evaluation's seed differs
+            return evaluate(trainer.model, trainer.eval_splits, trainer.cfg, trainer.device, trainer.precision)
+        finally:
+            trainer.close()
+
+    first = tiny_trainer(corpus, tmp_path / "weights")
+    weights, val = first.model.state_dict(), first.eval_splits["val"]
+    whole, _ = whole_split_loss(first.model, val, 16, 4, first.device, first.precision)
+    first.close()
+    full = [losses(seed, eval_full=True) for seed in (1, 2)]
+    assert full[0]["val"] == full[1]["val"] == whole
+    assert full[0]["train"] != full[1]["train"]  # the train estimate stays a random draw
+    sampled = [losses(seed) for seed in (1, 2)]
+    assert sampled[0]["val"] != sampled[1]["val"]  # which random batches is the seed's
+
+
+def test_eval_full_from_the_command_line(corpus, tmp_path):
+    assert train(corpus, tmp_path / "run", "--max_steps", "4", "--eval_interval", "2", "--eval_full") == 0
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["val_loss"]) for r in rows)
 
 
 def test_eval_row_reports_bits_per_byte_where_known():

@@ -175,6 +175,9 @@ class Config:
     eval_interval: int = opt(200, "Evaluate every N steps (and at the last step); 0 disables eval.", "eval",
                              min=0)
     eval_iters: int = opt(20, "Batches averaged per evaluation.", "eval", min=1)
+    eval_full: bool = opt(False, "Evaluate on the whole validation split, every token once (disjoint block_size "
+                          "windows), instead of eval_iters random batches: the same estimate for every seed. The "
+                          "train estimate then draws as many windows at random.", "eval")
     log_interval: int = opt(25, "Write a train row to metrics.jsonl every N steps.", "eval", min=1)
     sample_interval: int = opt(600, "Print a text sample every N steps; 0 disables.", "eval", min=0)
     checkpoint_interval: int = opt(500, "Save ckpt.pt every N steps (it is also saved at the end and on "

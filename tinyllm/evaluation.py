@@ -13,6 +13,7 @@ import torch
 from tinyllm.batches import BatchSampler
 from tinyllm.config import Config
 from tinyllm.errors import UserError
+from tinyllm.evaluate import eval_windows
 from tinyllm.generate import SamplingParams, generate_text, parse_stop
 from tinyllm.model import GPT
 from tinyllm.precision import Precision
@@ -22,20 +23,46 @@ from tinyllm.runlog import RunLog
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, splits: dict[str, torch.Tensor], cfg: Config, device: torch.device,
              precision: Precision, seed_offset: int = 0) -> dict[str, float]:
-    """Mean loss over the same eval_iters batches every time (fixed seeds), so evals compare."""
+    """Mean loss over the same eval_iters batches every time (fixed seeds), so evals compare. With
+    --eval_full, the validation split is scored whole instead (whole_split_loss) and the other splits on as
+    many random windows as that took."""
     was_training = model.training
     model.eval()
     out = {}
+    iters = cfg.eval_iters
+    if cfg.eval_full and "val" in splits:
+        out["val"], iters = whole_split_loss(model, splits["val"], cfg.block_size, cfg.batch_size, device, precision)
     for i, (name, data) in enumerate(splits.items()):
+        if name in out:
+            continue
         sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=cfg.seed + 10_000 + 100 * seed_offset + i)
         total = torch.zeros((), device=device)
-        for _ in range(cfg.eval_iters):
+        for _ in range(iters):
             x, y = sampler.next()
             with precision.autocast():
                 total += model(x.to(device), y.to(device))[1].float()
-        out[name] = (total / cfg.eval_iters).item()
+        out[name] = (total / iters).item()
     model.train(was_training)
     return out
+
+
+def whole_split_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int, batch_size: int,
+                     device: torch.device, precision: Precision) -> tuple[float, int]:
+    """(mean loss over every token of data, batches it took): disjoint windows of block_size, so each token is
+    predicted once from the tokens before it in its window, as in training. Random windows drawn with
+    replacement score some stretches twice and others never, which moves the estimate with the seed."""
+    windows = eval_windows(len(data), block_size)
+    full = [s for s, length, _ in windows if length == block_size]
+    groups = [(full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)]
+    groups += [([s], length) for s, length, _ in windows if length != block_size]  # the short tail, if any
+    total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
+    for starts, length in groups:
+        rows = torch.stack([data[s:s + length + 1] for s in starts]).long().to(device)
+        with precision.autocast():
+            loss = model(rows[:, :-1], rows[:, 1:])[1].float()
+        total += loss.double() * rows[:, 1:].numel()
+        tokens += rows[:, 1:].numel()
+    return (total / tokens).item(), len(groups)
 
 
 def eval_row(losses: dict[str, float], bytes_per_token: float | None) -> dict[str, float]:
