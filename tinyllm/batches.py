@@ -8,6 +8,9 @@ Two ways to draw batches, from a token tensor or a TokenFile alike (tinyllm.toke
 * `LoaderSampler` (`--dataloader_workers N`): a torch DataLoader whose N worker processes build the
   batches ahead of the training step (pinned memory on CUDA). Batch k of the stream is a pure function of
   (seed, k), so the stream is the same for every N, and the state saved for resume is just k.
+
+And the windows that score a text whole, every token once (`eval_windows`: `--eval_full` and
+`python -m tinyllm.evaluate`).
 """
 
 from __future__ import annotations
@@ -215,3 +218,23 @@ def curriculum_block_size(step: int, start: int, final: int, steps: int) -> int:
     if step >= steps or len(sizes) == 1:
         return final
     return sizes[step * (len(sizes) - 1) // steps]
+
+
+# --- evaluation windows ---------------------------------------------------------------------------------------
+
+Window = tuple[int, int, int]  # (start, length, offset of the first scored position)
+
+
+def eval_windows(n_ids: int, context: int, stride: int = 0) -> list[Window]:
+    """The windows that score tokens 1..n_ids-1 exactly once each: window (start, length, offset) feeds ids
+    start..start+length-1 and scores the predictions of ids start+offset+1..start+length. stride 0 (or
+    `context`): disjoint windows; 0 < stride < context: windows every `stride` ids, scoring only what is new."""
+    stride = stride or context
+    windows: list[Window] = []
+    start, scored = 0, 0  # scored: the last target id scored so far (id 0 is never a target)
+    while scored < n_ids - 1:
+        end = min(start + context, n_ids - 1)  # inputs start..end-1, targets start+1..end
+        windows.append((start, end - start, scored - start))
+        scored = end
+        start += stride
+    return windows

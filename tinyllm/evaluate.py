@@ -37,12 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyllm.batches import Window, eval_windows
 from tinyllm.errors import OneLineParser, UserError, exits_cleanly
 from tinyllm.model import GPT
 from tinyllm.text_source import open_source
-
-Window = tuple[int, int, int]  # (start, length, offset of the first scored position)
-
 
 # --- the text -----------------------------------------------------------------------------------------------
 
@@ -83,22 +81,7 @@ TokenSource = Callable[[Any, str, bool], "np.ndarray | tuple[np.ndarray, int]"]
 TOKEN_SOURCE: TokenSource = data_token_ids
 
 
-# --- the windows --------------------------------------------------------------------------------------------
-
-def eval_windows(n_ids: int, context: int, stride: int = 0) -> list[Window]:
-    """The windows that score tokens 1..n_ids-1 exactly once each: window (start, length, offset) feeds ids
-    start..start+length-1 and scores the predictions of ids start+offset+1..start+length. stride 0 (or
-    `context`): disjoint windows; 0 < stride < context: windows every `stride` ids, scoring only what is new."""
-    stride = stride or context
-    windows: list[Window] = []
-    start, scored = 0, 0  # scored: the last target id scored so far (id 0 is never a target)
-    while scored < n_ids - 1:
-        end = min(start + context, n_ids - 1)  # inputs start..end-1, targets start+1..end
-        windows.append((start, end - start, scored - start))
-        scored = end
-        start += stride
-    return windows
-
+# --- scoring the windows (tinyllm.batches.eval_windows) ---------------------------------------------------
 
 @torch.no_grad()
 def evaluate_ids(model: GPT, ids: np.ndarray, byte_lengths: np.ndarray, stride: int = 0, batch_size: int = 4,

@@ -10,10 +10,9 @@ import math
 
 import torch
 
-from tinyllm.batches import BatchSampler
+from tinyllm.batches import BatchSampler, eval_windows
 from tinyllm.config import Config
 from tinyllm.errors import UserError
-from tinyllm.evaluate import eval_windows
 from tinyllm.generate import SamplingParams, generate_text, parse_stop
 from tinyllm.model import GPT
 from tinyllm.precision import Precision
