@@ -238,3 +238,15 @@ def eval_windows(n_ids: int, context: int, stride: int = 0) -> list[Window]:
         scored = end
         start += stride
     return windows
+
+
+def window_batches(windows: list[Window], batch_size: int) -> list[list[Window]]:
+    """Consecutive windows of one length, up to batch_size of them, as one batch each (all but the last few
+    windows have the full context)."""
+    batches: list[list[Window]] = []
+    for w in windows:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0][1] == w[1]:
+            batches[-1].append(w)
+        else:
+            batches.append([w])
+    return batches

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyllm.batches import Window, eval_windows
+from tinyllm.batches import eval_windows, window_batches
 from tinyllm.errors import OneLineParser, UserError, exits_cleanly
 from tinyllm.model import GPT
 from tinyllm.text_source import open_source
@@ -100,13 +100,7 @@ def evaluate_ids(model: GPT, ids: np.ndarray, byte_lengths: np.ndarray, stride: 
     data = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     lengths = torch.from_numpy(np.asarray(byte_lengths, dtype=np.int64))
     windows = eval_windows(len(ids), context, stride)
-    # Consecutive windows of one length run as a batch (all but the last few have the full context).
-    batches: list[list[Window]] = []
-    for w in windows:
-        if batches and len(batches[-1]) < batch_size and batches[-1][0][1] == w[1]:
-            batches[-1].append(w)
-        else:
-            batches.append([w])
+    batches = window_batches(windows, batch_size)
     from tqdm import tqdm
 
     was_training = model.training

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from tinyllm.batches import BatchSampler, eval_windows
+from tinyllm.batches import BatchSampler, eval_windows, window_batches
 from tinyllm.config import Config
 from tinyllm.errors import UserError
 from tinyllm.generate import SamplingParams, generate_text, parse_stop
@@ -50,18 +50,16 @@ def whole_split_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int
     """(mean loss over every token of data, batches it took): disjoint windows of block_size, so each token is
     predicted once from the tokens before it in its window, as in training. Random windows drawn with
     replacement score some stretches twice and others never, which moves the estimate with the seed."""
-    windows = eval_windows(len(data), block_size)
-    full = [s for s, length, _ in windows if length == block_size]
-    groups = [(full[i:i + batch_size], block_size) for i in range(0, len(full), batch_size)]
-    groups += [([s], length) for s, length, _ in windows if length != block_size]  # the short tail, if any
+    batches = window_batches(eval_windows(len(data), block_size), batch_size)
     total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
-    for starts, length in groups:
-        rows = torch.stack([data[s:s + length + 1] for s in starts]).long().to(device)
+    for batch in batches:
+        length = batch[0][1]
+        rows = torch.stack([data[s:s + length + 1] for s, _, _ in batch]).long().to(device)
         with precision.autocast():
             loss = model(rows[:, :-1], rows[:, 1:])[1].float()
         total += loss.double() * rows[:, 1:].numel()
         tokens += rows[:, 1:].numel()
-    return (total / tokens).item(), len(groups)
+    return (total / tokens).item(), len(batches)
 
 
 def eval_row(losses: dict[str, float], bytes_per_token: float | None) -> dict[str, float]:

@@ -66,6 +66,8 @@ def separate_compile_cache() -> str:
     does not tell them apart (torch 2.13): a CPU graph compiled under ATEN_CPU_CAPABILITY=avx2 and then loaded
     by a run without the switches corrupted the heap and aborted the run (measured here, reproducibly)."""
     held = [f"{k}={os.environ[k]}" for k in CAPABILITY_SWITCHES if os.environ.get(k, "").strip()]
+    if not held:
+        return ""
     try:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
         base = default_cache_dir()
@@ -74,7 +76,7 @@ def separate_compile_cache() -> str:
         import tempfile
         base = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
     # torch itself writes its default into the variable once it has compiled something in this process
-    if not held or os.environ.get("TORCHINDUCTOR_CACHE_DIR", base) not in ("", base):
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", base) not in ("", base):
         return ""
     tag = ".".join("".join(c if c.isalnum() or c == "_" else "-" for c in h) for h in held)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path = os.path.join(base, f"capability_{tag}")
