@@ -15,7 +15,7 @@ from tinyllm.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from tinyllm.cli import build_parser
 from tinyllm.errors import UserError
 from tinyllm.generate import load_model
-from tinyllm.model import GPT, ModelArgs, _ReLU2, attention_mask, layerdrop_scales
+from tinyllm.model import GPT, ModelArgs, RMSNorm, _ReLU2, _RMSNormFn, attention_mask, layerdrop_scales
 from tinyllm.runconfig import resolve_config
 from tinyllm.tokenizer import CharTokenizer
 
@@ -380,3 +380,30 @@ def test_relu2_matches_autograd_chain_in_value_and_gradient() -> None:
     assert torch.equal(out, F.relu(h).square())
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(_ReLU2.apply, (h[:1, :2].detach().clone().requires_grad_(),))
+
+
+def test_fused_rmsnorm_matches_torch_in_value_and_gradient() -> None:
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(16, dtype=torch.float64)).requires_grad_()
+    grad = torch.randn_like(x)
+    want = F.rms_norm(x, (16,), w, 1e-5)
+    want_gx, want_gw = torch.autograd.grad(want, (x, w), grad)
+    got = _RMSNormFn.apply(x, w, 1e-5)
+    got_gx, got_gw = torch.autograd.grad(got, (x, w), grad)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    assert torch.allclose(got_gx, want_gx, rtol=0, atol=1e-12)
+    assert torch.allclose(got_gw, want_gw, rtol=0, atol=1e-12)
+    small = (x[:1, :2].detach().clone().requires_grad_(), w.detach().clone().requires_grad_(), 1e-5)
+    assert torch.autograd.gradcheck(_RMSNormFn.apply, small)
+
+
+def test_rmsnorm_module_trains_through_the_fused_function_on_cpu() -> None:
+    norm = RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.mul_(torch.linspace(0.5, 1.5, 16))
+    x = torch.randn(4, 16, requires_grad=True)
+    y = norm(x)
+    assert type(y.grad_fn).__name__ == "_RMSNormFnBackward"
+    assert torch.allclose(y, F.rms_norm(x, (16,), norm.weight, 1e-5), atol=1e-6)
+    with torch.no_grad():  # inference keeps torch's own
+        assert torch.allclose(norm(x), y, atol=1e-6)
