@@ -35,3 +35,4 @@ def test_every_preset_runs_a_few_steps(preset: Path, corpus: Path, tmp_path: Pat
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows if "val_loss" in r] == [3]
     assert rows[-1]["event"] == "end" and rows[-1]["reason"] == "max_steps"
+    assert "--compile (" not in (out / "train.log").read_text()  # a compiled preset compiles (no eager fallback)

@@ -47,6 +47,32 @@ def test_time_budget_counts_training_not_evaluations(corpus, tmp_path, capsys, f
     assert "10.0 s of training (260 s wall clock)" in capsys.readouterr().err
 
 
+def test_first_compiled_step_is_off_the_clock(corpus, tmp_path, capsys, fake_clock, monkeypatch):
+    """Under --compile the first step traces and compiles (here it takes 100 s, the others 1 s): a budget of
+    10 s trains that step and 10 more, and the compilation shows in the wall clock alone. Counted, it would end
+    the budget after the first step."""
+    from tinyllm import train as T
+
+    timed_step = T.Trainer.train_step
+
+    def compiling_first(self, t):
+        if self.progress.step == 0:
+            fake_clock.now += 99.0
+        return timed_step(self, t)
+
+    monkeypatch.setattr(T.Trainer, "train_step", compiling_first)
+    trainer = tiny_trainer(corpus, tmp_path / "run", max_steps=0, max_time=10.0, eval_interval=0,
+                           sample_interval=0, log_interval=1, compile=True, compile_backend="eager")
+    try:
+        assert trainer.run() == 0
+    finally:
+        trainer.close()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert rows[-1]["step"] == 11 and rows[-1]["time_s"] == pytest.approx(10.0)
+    err = capsys.readouterr().err
+    assert "the first step took 100.0 s" in err and "10.0 s of training (110 s wall clock)" in err
+
+
 def test_budgeted_ranks_share_one_clock(corpus, tmp_path, fake_clock, monkeypatch):
     """Under DDP each rank's clock differs (rank 0 samples off its clock while the others wait); a budget's
     schedule follows the clock, so the ranks agree on one (their mean) at every step, or their weights drift."""

@@ -117,7 +117,8 @@ class Config:
                          "--max_time seconds, with the schedule laid over that time.", "training", min=0)
     max_time: float = opt(0.0, "Stop cleanly (and save) after this many seconds of wall clock in this session; "
                           "0 = no limit. With --max_steps 0: the run's whole length in seconds of training "
-                          "(evaluations, samples and saves are off the clock), across resumes.",
+                          "(evaluations, samples, saves and a --compile run's first step are off the clock), "
+                          "across resumes.",
                           "training", min=0.0)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
                            "training", min=0.0)
@@ -126,8 +127,8 @@ class Config:
                                 "world size.", "training", min=1)
     amp: bool = opt(False, "Mixed precision: bf16 (CUDA with bf16, CPUs with native bf16), fp16 + loss scaling "
                     "(other CUDA GPUs); fp32 with a warning where it would be slower.", "training")
-    compile: bool = opt(False, "torch.compile the model (falls back to eager with a warning if it fails).",
-                        "training")
+    compile: bool = opt(False, "torch.compile the model (falls back to eager with a warning if it fails); the "
+                        "first step, where it compiles, is not counted as training time.", "training")
     compile_backend: str = opt("inductor", "torch.compile backend: inductor, aot_eager, eager or any registered "
                                "backend name.", "training")
     label_smoothing: float = opt(0.0, "Label smoothing of the training cross-entropy.", "training", min=0.0,

@@ -342,9 +342,11 @@ class Trainer:
         try:
             with StopFlag() as stop, progress_bar(cfg.progress and self.dist.is_main, cfg.max_steps, p.step,
                                                   self.log) as bar:
+                compiling = cfg.compile  # this session's first step traces and compiles: see compile_step
                 while self.more_steps():
                     t = self.block_size_now()
-                    window.add(p.step + 1, *self.train_step(t))
+                    window.add(p.step + 1, *(self.compile_step(t) if compiling else self.train_step(t)))
+                    compiling = False
                     lr_time = p.time_s  # what the step's lr was computed from
                     self.count_step(t)
                     last = self.is_last_step()
@@ -401,6 +403,19 @@ class Trainer:
             yield
         finally:
             self.paused_s += time.perf_counter() - t0
+
+    def compile_step(self, t: int) -> tuple:
+        """The first step under --compile, where torch.compile traces the model and builds its kernels (~35 s
+        on a 2-core CPU with a cold cache): off the clock, as evaluations are, so that a --max_time budget and
+        the schedule laid over it buy training rather than compilation (the speed-run convention). The wall
+        clock in the closing summary (and the first log row's tokens/s) still has it. Later recompilations (a
+        new curriculum length) stay on the clock."""
+        t0 = time.perf_counter()
+        with self.off_the_clock():
+            out = self.train_step(t)
+        spent = time.perf_counter() - t0
+        self.log(f"compile: the first step took {spent:.1f} s (tracing and compiling), not counted as training time")
+        return out
 
     def due(self, interval: int) -> bool:
         return interval > 0 and self.progress.step % interval == 0
