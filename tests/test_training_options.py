@@ -33,7 +33,7 @@ def test_time_budgeted_run_ends_decayed_evaluated_and_complete(corpus, tmp_path,
 
 def test_time_budget_counts_training_not_evaluations(corpus, tmp_path, capsys, fake_clock):
     """Each step takes 1 s, each evaluation 50 s: a budget of 10 s trains 10 steps and evaluates every 2 of
-    them; if evaluations counted, it would end after the first one."""
+    them; if evaluations counted, it would end after the first one. The log's tokens/s is the steps' own."""
     fake_clock.eval_s = 50.0
     trainer = tiny_trainer(corpus, tmp_path / "run", max_steps=0, max_time=10.0, eval_interval=2,
                            eval_iters=1, sample_interval=0, log_interval=1)
@@ -44,13 +44,14 @@ def test_time_budget_counts_training_not_evaluations(corpus, tmp_path, capsys, f
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 6, 8, 10]
     assert rows[-1]["step"] == 10 and rows[-1]["time_s"] == pytest.approx(10.0)
+    assert [r["tokens_per_sec"] for r in rows if "loss" in r] == [4 * 16 / 1.0] * 10  # batch 4 x 16 tokens a second
     assert "10.0 s of training (260 s wall clock)" in capsys.readouterr().err
 
 
 def test_first_compiled_step_is_off_the_clock(corpus, tmp_path, capsys, fake_clock, monkeypatch):
     """Under --compile the first step traces and compiles (here it takes 100 s, the others 1 s): a budget of
     10 s trains that step and 10 more, and the compilation shows in the wall clock alone. Counted, it would end
-    the budget after the first step."""
+    the budget after the first step. Nor is it in the log's tokens/s (the first row has no timed step)."""
     from tinyllm import train as T
 
     timed_step = T.Trainer.train_step
@@ -69,6 +70,7 @@ def test_first_compiled_step_is_off_the_clock(corpus, tmp_path, capsys, fake_clo
         trainer.close()
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows[-1]["step"] == 11 and rows[-1]["time_s"] == pytest.approx(10.0)
+    assert [r["tokens_per_sec"] for r in rows if "loss" in r] == [0.0] + [4 * 16 / 1.0] * 10
     err = capsys.readouterr().err
     assert "the first step took 100.0 s" in err and "10.0 s of training (110 s wall clock)" in err
 

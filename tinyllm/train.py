@@ -336,7 +336,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         self.announce()
         self.t_session, self.time_before, self.paused_s = time.perf_counter(), p.time_s, 0.0
-        window = LogWindow(self.device, p, cfg.skip_nonfinite, self.log, now=self.t_session)
+        window = LogWindow(self.device, p, cfg.skip_nonfinite, self.log, now=self.train_clock())
         end = RunEnd("max_steps")
         self.model.train()
         try:
@@ -346,9 +346,10 @@ class Trainer:
                 while self.more_steps():
                     t = self.block_size_now()
                     window.add(p.step + 1, *(self.compile_step(t) if compiling else self.train_step(t)))
-                    compiling = False
                     lr_time = p.time_s  # what the step's lr was computed from
                     self.count_step(t)
+                    if compiling:  # its time is off the clock, so its tokens are out of the throughput too
+                        window.tokens_at_start, compiling = p.tokens_seen, False
                     last = self.is_last_step()
                     # Read back whether steps were finite: the previous step's verdict now (the device has
                     # finished it, or nearly, while this step is queued behind it), this step's own only
@@ -404,11 +405,15 @@ class Trainer:
         finally:
             self.paused_s += time.perf_counter() - t0
 
+    def train_clock(self) -> float:
+        """A clock that stands still off the clock: the log's tokens/s is the training steps' own."""
+        return time.perf_counter() - self.paused_s
+
     def compile_step(self, t: int) -> tuple:
         """The first step under --compile, where torch.compile traces the model and builds its kernels (~35 s
         on a 2-core CPU with a cold cache): off the clock, as evaluations are, so that a --max_time budget and
         the schedule laid over it buy training rather than compilation (the speed-run convention). The wall
-        clock in the closing summary (and the first log row's tokens/s) still has it. Later recompilations (a
+        clock in the closing summary still has it. Later recompilations (a
         new curriculum length) stay on the clock."""
         t0 = time.perf_counter()
         with self.off_the_clock():
@@ -436,7 +441,7 @@ class Trainer:
         return self.progress.step == self.cfg.max_steps
 
     def log_train_row(self, window: LogWindow, t: int, lr_time: float, bar: Any) -> None:
-        cfg, now = self.cfg, time.perf_counter()
+        cfg, now = self.cfg, self.train_clock()
         row = window.train_row(get_lr(self.progress.step - 1, cfg, lr_time), now, cfg.z_loss,
                                t if cfg.curriculum else None)
         self.write(row)
