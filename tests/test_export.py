@@ -22,7 +22,7 @@ def export(*args) -> int:
 
 @pytest.fixture
 def run(tmp_path):
-    model = tiny_model(mlp="relu2")  # no export target has relu2
+    model = tiny_model(mlp="relu2")  # no export target has relu2 with learned positions
     state = {"format_version": FORMAT_VERSION, "config": {}, "model_args": model.args.to_dict(),
              "model": model.state_dict(), "tokenizer": CharTokenizer(list("\n abcdefghijk")).to_json(), "step": 1}
     save_checkpoint(state, tmp_path / "run" / "ckpt.pt")

@@ -27,6 +27,9 @@ TARGETS = {
     "llama": ("LlamaForCausalLM", ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--pos_encoding", "rope",
                                    "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias", "--weight_tying",
                                    "--n_head", "4", "--n_kv_head", "2", "--rope_theta", "500"]),
+    # the default preset's architecture: ReLU² as Qwen 3's gated MLP gated by itself, and q/k norm
+    "qwen3": ("Qwen3ForCausalLM", ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm",
+                                   "--mlp", "relu2", "--qk_norm", "--no-bias", "--weight_tying"]),
 }
 
 
@@ -95,6 +98,11 @@ def test_export_matches_tinyllm(name, unicode_corpus, tmp_path, capsys):
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": True, "rope_theta": 100.0},
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "n_kv_head": 1,
      "weight_tying": True},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": True, "rope_theta": 100.0},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False,
+     "weight_tying": True},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False, "n_kv_head": 1,
+     "mlp_hidden": 40},
 ])
 def test_mapping_is_exact_with_large_weights(settings):
     """Weights far from their small initialisation (every pre-activation of order 1), so that a wrong
@@ -123,6 +131,10 @@ def test_mapping_is_exact_with_large_weights(settings):
     ({"sliding_window": 8}, "--sliding_window 8"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "gelu"}, "--mlp gelu"),
     ({"pos_encoding": "rope", "mlp": "swiglu"}, "--norm layernorm"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": True}, "--bias"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "norm_eps": 1e-6},
+     "--norm_eps 1e-06"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "gelu", "qk_norm": True}, "--mlp gelu"),
 ])
 def test_unexportable_settings_name_the_option(change, flag):
     args = ModelArgs(vocab_size=10, n_layer=1, n_head=2, n_embd=16, block_size=16, **change)
@@ -138,6 +150,11 @@ def test_exportable_settings_pick_the_target():
     assert choose_target(ModelArgs(**base, sliding_window=16)).architecture == "GPT2LMHeadModel"
     llama = ModelArgs(**base, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)
     assert choose_target(llama).architecture == "LlamaForCausalLM"
+    assert choose_target(ModelArgs(**base, pos_encoding="rope", norm="rmsnorm", mlp="relu2",
+                                   bias=True)).architecture == "LlamaForCausalLM"
+    for mlp in ("relu2", "swiglu"):
+        qwen3 = ModelArgs(**base, pos_encoding="rope", norm="rmsnorm", mlp=mlp, qk_norm=True, bias=False)
+        assert choose_target(qwen3).architecture == "Qwen3ForCausalLM"
 
 
 def test_export_errors_and_atomic_output(corpus, tmp_path, capsys, monkeypatch):

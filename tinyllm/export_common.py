@@ -43,11 +43,12 @@ def check_known_options(a: ModelArgs, where: str) -> None:
                             "know that option yet")
 
 
-def common_needs(a: ModelArgs) -> list[tuple[str, Any, Any]]:
-    """(flag, this run's value, the value the export needs), for the options no target has."""
+def common_needs(a: ModelArgs, qk_norm: bool = False) -> list[tuple[str, Any, Any]]:
+    """(flag, this run's value, the value the export needs), for the options no target has, and q/k norm,
+    which a target has (`qk_norm`) or has not."""
     return [
         ("parallel_block", a.parallel_block, False),
-        ("qk_norm", a.qk_norm, False),
+        ("qk_norm", a.qk_norm, qk_norm),
         ("sliding_window", a.sliding_window if a.window < a.block_size else 0, 0),
         ("logit_softcap", a.logit_softcap, 0.0),
     ]

@@ -2,9 +2,15 @@
 
     python -m tinyllm.export --out_dir RUN --format hf --output DIR [--ckpt last|best]   (see tinyllm.export)
 
-The position scheme picks the target: learned positions -> `GPT2LMHeadModel`, RoPE -> `LlamaForCausalLM`.
-Every other option must then be one that the target computes exactly; anything else is refused with an error
-naming the option, because an export that loads but computes something else would be worse than none.
+The position scheme picks the target: learned positions -> `GPT2LMHeadModel`, RoPE -> `LlamaForCausalLM`, or
+`Qwen3ForCausalLM` with --qk_norm (Qwen 3 has Llama's layers plus an RMSNorm over each head's q and k, as
+tinyllm's q/k norm). Every other option must then be one that the target computes exactly; anything else is
+refused with an error naming the option, because an export that loads but computes something else would be
+worse than none.
+
+Both RoPE targets have a gated MLP, down(act(gate(x)) * up(x)). SwiGLU is that with act = silu. ReLU² is too:
+with act = relu and gate = up = tinyllm's one fc matrix, relu(h) * h = relu(h)² exactly (both are 0 where
+h <= 0), at the cost of storing that matrix twice.
 
 The weights are renamed (and for GPT-2 transposed: its layers are `Conv1D`, which store (in, out)), loaded
 strictly into the transformers model (a missing or extra tensor is an error), checked against tinyllm's own
@@ -63,17 +69,18 @@ class Target:
     weights: Callable[[Tensors, ModelArgs], Tensors]  # tinyllm state dict -> transformers state dict
     # (flag, this run's value, the value the target needs) for the options it has only one setting of
     needs: Callable[[ModelArgs], list[tuple[str, Any, Any]]]
+    qk_norm: bool = False  # whether it normalises each head's q and k
 
 
 def choose_target(a: ModelArgs) -> Target:
     """The target for these settings, or a UserError naming the first option that prevents export."""
     check_known_options(a, WHERE)
-    target = TARGETS.get(a.pos_encoding)
+    target = TARGETS.get("rope+qk_norm" if a.pos_encoding == "rope" and a.qk_norm else a.pos_encoding)
     if target is None:
         raise UserError(f"cannot export {flag('pos_encoding', a.pos_encoding)} to {WHERE}: neither "
                         "GPT2LMHeadModel (--pos_encoding learned) nor LlamaForCausalLM (--pos_encoding rope) "
                         "has a model without positions")
-    refuse_unmet(a, common_needs(a) + target.needs(a), WHERE, target.architecture)
+    refuse_unmet(a, common_needs(a, target.qk_norm) + target.needs(a), WHERE, target.architecture)
     return target
 
 
@@ -131,9 +138,14 @@ def llama_weights(sd: Tensors, a: ModelArgs) -> Tensors:
             q, k, v = sd[f"{src}.attn.qkv.{part}"].split([a.n_embd, kv_dim, kv_dim], dim=0)
             out.update({f"{dst}.self_attn.q_proj.{part}": q, f"{dst}.self_attn.k_proj.{part}": k,
                         f"{dst}.self_attn.v_proj.{part}": v})
-            # SwiGLU's fused matrix holds the gate first, then the up projection.
-            gate, up = sd[f"{src}.mlp.fc.{part}"].chunk(2, dim=0)
+            # SwiGLU's fused matrix holds the gate first, then the up projection; ReLU² is gated by itself
+            # (see the module docstring).
+            fc = sd[f"{src}.mlp.fc.{part}"]
+            gate, up = fc.chunk(2, dim=0) if a.mlp == "swiglu" else (fc, fc)
             out.update({f"{dst}.mlp.gate_proj.{part}": gate, f"{dst}.mlp.up_proj.{part}": up})
+        if a.qk_norm:
+            for n in ("q_norm", "k_norm"):
+                out[f"{dst}.self_attn.{n}.weight"] = sd[f"{src}.attn.{n}.weight"]
         _linear(out, f"{dst}.self_attn.o_proj", sd, f"{src}.attn.proj", bias=a.bias)
         _linear(out, f"{dst}.mlp.down_proj", sd, f"{src}.mlp.proj", bias=a.bias)
         out[f"{dst}.post_attention_layernorm.weight"] = sd[f"{src}.norm2.weight"]
@@ -159,18 +171,32 @@ def gpt2_config(a: ModelArgs, eot_id: int | None) -> Any:
     )
 
 
-def llama_config(a: ModelArgs, eot_id: int | None) -> Any:
-    t = _transformers()
-    return t.LlamaConfig(
+# tinyllm's --mlp -> the gated MLP's activation (see the module docstring).
+GATED_ACTIVATIONS = {"swiglu": "silu", "relu2": "relu"}
+
+
+def _rope_config(config_class: str, architecture: str, a: ModelArgs, eot_id: int | None, **extra: Any) -> Any:
+    return getattr(_transformers(), config_class)(
         vocab_size=a.vocab_size, hidden_size=a.n_embd, intermediate_size=mlp_hidden_size(a),
         num_hidden_layers=a.n_layer, num_attention_heads=a.n_head, num_key_value_heads=a.kv_heads,
-        head_dim=a.head_dim, hidden_act="silu", max_position_embeddings=a.block_size,
-        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta,
-        attention_bias=a.bias, mlp_bias=a.bias, attention_dropout=a.dropout,
+        head_dim=a.head_dim, hidden_act=GATED_ACTIVATIONS[a.mlp], max_position_embeddings=a.block_size,
+        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, attention_bias=a.bias, attention_dropout=a.dropout,
         # Llama's defaults (bos 1, eos 2) would make generate stop at whatever token has id 2.
         bos_token_id=None, eos_token_id=eot_id, pad_token_id=None,
-        tie_word_embeddings=a.weight_tying, architectures=["LlamaForCausalLM"],
+        tie_word_embeddings=a.weight_tying, architectures=[architecture], **extra,
     )
+
+
+def llama_config(a: ModelArgs, eot_id: int | None) -> Any:
+    return _rope_config("LlamaConfig", "LlamaForCausalLM", a, eot_id, mlp_bias=a.bias)
+
+
+def qwen3_config(a: ModelArgs, eot_id: int | None) -> Any:
+    return _rope_config("Qwen3Config", "Qwen3ForCausalLM", a, eot_id, use_sliding_window=False)
+
+
+def _gated_mlp(a: ModelArgs) -> tuple[str, Any, Any]:
+    return ("mlp", "swiglu or relu2" if a.mlp in GATED_ACTIVATIONS else a.mlp, "swiglu or relu2")
 
 
 TARGETS: dict[str, Target] = {
@@ -179,7 +205,11 @@ TARGETS: dict[str, Target] = {
         ("mlp", "gelu or gelu_tanh" if a.mlp in GPT2_ACTIVATIONS else a.mlp, "gelu or gelu_tanh"),
         ("n_kv_head", a.kv_heads, a.n_head)]),
     "rope": Target("LlamaForCausalLM", llama_config, llama_weights, lambda a: [
-        ("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")]),
+        ("norm", a.norm, "rmsnorm"), _gated_mlp(a)]),
+    # Qwen 3's MLP has no biases, and its q/k norms take the eps of the others, where tinyllm's have 1e-5.
+    "rope+qk_norm": Target("Qwen3ForCausalLM", qwen3_config, llama_weights, lambda a: [
+        ("norm", a.norm, "rmsnorm"), _gated_mlp(a), ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)],
+        qk_norm=True),
 }
 
 
