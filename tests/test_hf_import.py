@@ -83,14 +83,15 @@ def make_gpt2(folder, tie: bool = True, **config) -> tuple:
     return hf, tok
 
 
-def make_llama(folder, tie: bool = False, **config) -> tuple:
+def make_llama(folder, tie: bool = False, model_class: str = "Llama", **config) -> tuple:
     tok = llama3_tokenizer()
     values = dict(vocab_size=tok.get_vocab_size() + 6,  # a padded embedding, as real models often have
                   hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=32, rope_theta=500.0, rms_norm_eps=1e-6,
                   tie_word_embeddings=tie, bos_token_id=tok.token_to_id("<|begin_of_text|>"),
                   eos_token_id=tok.token_to_id("<|end_of_text|>")) | config
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**values)).eval()
+    config_class = getattr(transformers, f"{model_class}Config")
+    hf = getattr(transformers, f"{model_class}ForCausalLM")(config_class(**values)).eval()
     perturb(hf)
     hf.save_pretrained(folder)
     tok.save(str(folder / "tokenizer.json"))
@@ -99,7 +100,12 @@ def make_llama(folder, tie: bool = False, **config) -> tuple:
     return hf, tok
 
 
-MAKERS = {"gpt2": make_gpt2, "llama": make_llama}
+def make_qwen3(folder, tie: bool = True, **config) -> tuple:
+    """Qwen 3's layer (Llama's plus an RMSNorm over each head's q and k) with tinyllm's q/k-norm eps."""
+    return make_llama(folder, tie=tie, model_class="Qwen3", **({"rms_norm_eps": 1e-5, "head_dim": 8} | config))
+
+
+MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "qwen3": make_qwen3}
 
 
 def greedy_tinyllm(model: GPT, prompt: torch.Tensor, n: int) -> list[int]:
@@ -139,7 +145,7 @@ def test_import_matches_transformers(name, tmp_path):
     assert ids == hf_tok.encode(SAMPLE, add_special_tokens=False).ids
     assert tok.encode_array(SAMPLE * 40).tolist() == hf_tok.encode(SAMPLE * 40, add_special_tokens=False).ids
     assert tok.decode(ids) == SAMPLE == hf_tok.decode(ids)
-    eot = {"gpt2": "<|endoftext|>", "llama": "<|end_of_text|>"}[name]
+    eot = {"gpt2": "<|endoftext|>", "llama": "<|end_of_text|>", "qwen3": "<|end_of_text|>"}[name]
     assert tok.eot_token == eot and tok.eot_id == hf_tok.token_to_id(eot)
     assert tok.encode(f"a{eot}b")[1] == tok.eot_id
     assert tok.decode(tok.encode(f"a{eot}b")) == f"a{eot}b" == hf_tok.decode(tok.encode(f"a{eot}b"),
@@ -204,6 +210,11 @@ RUNS = {
     "gpt2-bpe-nobias": ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--no-bias", "--weight_tying"],
     "llama": ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--pos_encoding", "rope", "--norm", "rmsnorm",
               "--mlp", "swiglu", "--no-bias", "--n_head", "4", "--n_kv_head", "2", "--rope_theta", "500"],
+    # ReLU² exports as relu gated by itself (gate_proj = up_proj) and comes back as one matrix
+    "llama-relu2": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2", "--bias"],
+    # the default preset's architecture
+    "qwen3": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2", "--qk_norm",
+              "--no-bias", "--weight_tying"],
 }
 
 
@@ -267,6 +278,7 @@ def hf_folders(tmp_path_factory):
     base = tmp_path_factory.mktemp("hf")
     make_gpt2(base / "gpt2")
     make_llama(base / "llama")
+    make_qwen3(base / "qwen3")
     return base
 
 
@@ -281,7 +293,8 @@ def llama_dir(hf_folders, tmp_path):
 
 
 @pytest.mark.parametrize("changes, needles", [
-    ({"architectures": ["GPT2DoubleHeadsModel"]}, ["GPT2DoubleHeadsModel", "GPT2LMHeadModel and LlamaForCausalLM"]),
+    ({"architectures": ["GPT2DoubleHeadsModel"]}, ["GPT2DoubleHeadsModel",
+                                                    "GPT2LMHeadModel, LlamaForCausalLM and Qwen3ForCausalLM"]),
     ({"architectures": ["BertForMaskedLM"], "model_type": "bert"}, ["BertForMaskedLM"]),
     ({"activation_function": "quick_gelu"}, ["activation_function", "quick_gelu", "gelu_new"]),
     ({"scale_attn_by_inverse_layer_idx": True}, ["scale_attn_by_inverse_layer_idx"]),
@@ -300,12 +313,25 @@ def test_gpt2_refusals(gpt2_dir, changes, needles):
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0}}, ["rope_parameters"]),
     ({"attention_bias": True}, ["attention_bias", "mlp_bias"]),
     ({"hidden_act": "gelu"}, ["hidden_act", "silu"]),
+    ({"hidden_act": "relu"}, ["ReGLU", "gate_proj"]),  # relu with gate_proj != up_proj
+    ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "rms_norm_eps": 1e-5}, ["q_norm"]),
     ({"head_dim": 16}, ["head_dim"]),
     ({"num_key_value_heads": 3}, ["num_key_value_heads"]),
 ])
 def test_llama_refusals(llama_dir, changes, needles):
     edit_config(llama_dir, **changes)
     refused(llama_dir, *needles)
+
+
+@pytest.mark.parametrize("changes, needles", [
+    ({"rms_norm_eps": 1e-6}, ["rms_norm_eps", "1e-05"]),  # tinyllm's q/k norms add 1e-5
+    ({"attention_bias": True}, ["attention_bias"]),
+    ({"use_sliding_window": True}, ["use_sliding_window"]),
+])
+def test_qwen3_refusals(hf_folders, tmp_path, changes, needles):
+    folder = shutil.copytree(hf_folders / "qwen3", tmp_path / "qwen3")
+    edit_config(folder, **changes)
+    refused(folder, *needles)
 
 
 def test_old_style_rope_config_is_read(llama_dir):

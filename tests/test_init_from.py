@@ -222,7 +222,7 @@ def quick_gelu_folder(p):
     ("shape", ["--tokenizer_path", "tok.json"], ["--tokenizer_path tok.json conflicts", "drop --tokenizer_path"]),
     ("missing", [], ["--init_from", "no such file or folder"]),
     ("empty", [], ["--init_from", "neither a tinyllm run", "Hugging Face"]),
-    ("bert", [], ["--init_from", "BertForMaskedLM", "GPT2LMHeadModel and LlamaForCausalLM"]),
+    ("bert", [], ["--init_from", "BertForMaskedLM", "GPT2LMHeadModel, LlamaForCausalLM and Qwen3ForCausalLM"]),
     ("quick_gelu", [], ["--init_from", "activation_function", "quick_gelu", "gelu_new"]),
 ])
 def test_bad_input(case, extra, needles, source_run, texts, tmp_path, capsys):

@@ -71,9 +71,10 @@ class Config:
 
     # model
     init_from: str = opt("", "Start from existing weights: a tinyllm run folder (its ckpt.pt), a checkpoint file, or a "
-                         "Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder (config.json, model.safetensors, "
-                         "tokenizer.json). The model's shape settings and tokenizer come from it; the new run starts "
-                         "at step 0 with a fresh optimizer and schedule. Empty = random initialisation.", "model")
+                         "Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM folder (config.json, "
+                         "model.safetensors, tokenizer.json). The model's shape settings and tokenizer come from it; "
+                         "the new run starts at step 0 with a fresh optimizer and schedule. Empty = random "
+                         "initialisation.", "model")
     n_layer: int = opt(4, "Number of transformer blocks.", "model", min=1, shape=True)
     n_head: int = opt(4, "Attention heads per block; must divide n_embd.", "model", min=1, shape=True)
     n_embd: int = opt(128, "Width of the residual stream (embedding size).", "model", min=1, shape=True)

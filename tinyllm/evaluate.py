@@ -2,8 +2,8 @@
 tinyllm.evaluate`).
 
 PATH is anything tinyllm.hf_import.load_source reads: a tinyllm run folder, one of its checkpoint files, or a
-Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder. The text is tokenised whole with the model's own
-tokenizer, and every token but the first is predicted from the tokens before it, in windows of the model's
+Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM folder. The text is tokenised whole with the
+model's own tokenizer, and every token but the first is predicted from the tokens before it, in windows of the model's
 context length (block_size). --data_path may also be a folder or a glob pattern, as for training: its .txt and
 .md files, in sorted path order, each tokenised whole, joined by the separator training puts between documents
 (the end-of-text token, else a blank line); `bytes` counts the files' text only, not the separators.
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "last line of stdout is a JSON object of the figures.")
     p.add_argument("--model", required=True, metavar="PATH",
                    help="A tinyllm run folder (its ckpt.pt), a checkpoint file (e.g. RUN/ckpt_best.pt), or a "
-                        "Hugging Face GPT2LMHeadModel / LlamaForCausalLM folder.")
+                        "Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM folder.")
     p.add_argument("--data_path", required=True, metavar="PATH",
                    help="The UTF-8 text file to evaluate on, or a folder (its .txt and .md files, recursively) or "
                         "a quoted glob pattern such as 'notes/**/*.txt'.")

@@ -6,8 +6,8 @@ PATH is one of
 * a tinyllm run folder (its ckpt.pt) or a checkpoint file (run/ckpt_best.pt, a copy elsewhere): read by
   tinyllm.checkpoint.load_checkpoint, the one checkpoint loader, with the EMA weights where the run kept them;
 * a Hugging Face model folder (config.json, model.safetensors or its shards, tokenizer.json) of class
-  GPT2LMHeadModel or LlamaForCausalLM: the reverse of tinyllm.export_hf, needing only `safetensors` and
-  `tokenizers` (not `transformers`).
+  GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM: the reverse of tinyllm.export_hf, needing only
+  `safetensors` and `tokenizers` (not `transformers`).
 
 The HF config is mapped field by field onto ModelArgs; a field that tinyllm's model cannot compute exactly
 (a rope scaling, a clipped activation, attention biases without MLP biases, another class, ...) is a UserError
@@ -17,7 +17,10 @@ head, `layer_norm_epsilon` (`--norm_eps`), `n_positions` (`--block_size`). A GPT
 exactly zero (what the exporter writes for a `--no-bias` run) imports as `--no-bias`, which computes the same,
 so that import(export(run)) gives the run's own settings back. Llama: grouped-query heads, `rope_theta`,
 `rms_norm_eps`, a tied or untied head, biases only as a pair (attention_bias = mlp_bias, as tinyllm's one
-`--bias`).
+`--bias`), `hidden_act` silu (`--mlp swiglu`) or relu with gate_proj = up_proj (`--mlp relu2`, the form the
+exporter writes: relu(h) * h = relu(h)²; with two different matrices it would be a ReGLU, which tinyllm lacks).
+Qwen3: Llama's layer with `--qk_norm`, no biases, and `rms_norm_eps` 1e-5 (tinyllm's q/k norms use 1e-5, Qwen 3's
+the eps of every norm: the released Qwen 3 models, at 1e-6 and with a head_dim of their own, are refused).
 
 Weights stored only as a pickle (pytorch_model.bin) are read with `torch.load(weights_only=True)`, which
 refuses anything but plain tensors; a file that needs more is refused with how to convert it.
@@ -46,7 +49,7 @@ from tinyllm.model import GPT, ModelArgs, mlp_hidden_size
 from tinyllm.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, tokenizer_from_json
 
 IMPORT_HINT = 'pip install -e ".[export]"'
-SUPPORTED_CLASSES = ("GPT2LMHeadModel", "LlamaForCausalLM")
+SUPPORTED_CLASSES = "GPT2LMHeadModel, LlamaForCausalLM and Qwen3ForCausalLM"
 WHAT_PATH_IS = ("a tinyllm run folder (holding ckpt.pt), a tinyllm checkpoint file, or a Hugging Face model folder "
                 "(config.json, model.safetensors, tokenizer.json)")
 # Fields that affect only training, never a model's logits: an import leaves them at their defaults (the user's
@@ -238,9 +241,15 @@ def _rope_theta(c: _Config) -> float:
     return float(theta)
 
 
+# transformers' hidden_act of a gated MLP -> tinyllm's --mlp (relu: only with gate_proj = up_proj, see llama_state)
+GATED_ACTIVATIONS = {"silu": "swiglu", "relu": "relu2"}
+
+
 def llama_args(c: _Config) -> ModelArgs:
     _common_checks(c)
-    c.expect("hidden_act", "silu", "silu")
+    act = c.get("hidden_act", "silu")
+    if act not in GATED_ACTIVATIONS:
+        raise c.refuse("hidden_act", act, "silu, or relu with gate_proj = up_proj")
     attn_bias, mlp_bias = bool(c.get("attention_bias", False)), bool(c.get("mlp_bias", False))
     if attn_bias != mlp_bias:
         raise c.refuse("attention_bias", attn_bias, f"the same value as mlp_bias ({json.dumps(mlp_bias)}): tinyllm "
@@ -259,12 +268,23 @@ def llama_args(c: _Config) -> ModelArgs:
     args = ModelArgs(
         vocab_size=c.need("vocab_size", 32000), n_layer=c.need("num_hidden_layers", 32), n_head=n_head,
         n_embd=n_embd, block_size=c.need("max_position_embeddings", 2048), bias=attn_bias,
-        weight_tying=bool(c.get("tie_word_embeddings", False)), mlp="swiglu", pos_encoding="rope",
+        weight_tying=bool(c.get("tie_word_embeddings", False)), mlp=GATED_ACTIVATIONS[act], pos_encoding="rope",
         rope_theta=_rope_theta(c), norm="rmsnorm", n_kv_head=0 if n_kv == n_head else n_kv,
         norm_eps=float(c.need("rms_norm_eps", 1e-6, (int, float))),
     )
     hidden = c.need("intermediate_size", 11008)
     args.mlp_hidden = 0 if hidden == mlp_hidden_size(args) else hidden
+    return args
+
+
+def qwen3_args(c: _Config) -> ModelArgs:
+    c.expect("attention_bias", False, False)  # Qwen 3's MLP has no biases, and tinyllm's --bias is all or none
+    c.expect("use_sliding_window", False, False)
+    eps = c.get("rms_norm_eps", 1e-6)
+    if eps != 1e-5:
+        raise c.refuse("rms_norm_eps", eps, "1e-05 (Qwen 3's q/k norms use it too, and tinyllm's always 1e-5)")
+    args = llama_args(c)
+    args.qk_norm = True
     return args
 
 
@@ -322,7 +342,8 @@ def gpt2_state(w: _Weights, a: ModelArgs) -> Tensors:
 
 
 def llama_state(w: _Weights, a: ModelArgs) -> Tensors:
-    """LlamaForCausalLM's tensors -> tinyllm's: q, k, v fused into one matrix (in that order), gate and up too."""
+    """LlamaForCausalLM's (and Qwen3ForCausalLM's) tensors -> tinyllm's: q, k, v fused into one matrix (in that
+    order), gate and up too (or, for relu2, the one matrix they both are)."""
     sd: Tensors = {"tok_emb.weight": w.take("embed_tokens.weight")}
     parts = ("weight", "bias") if a.bias else ("weight",)
     for i in range(a.n_layer):
@@ -332,8 +353,16 @@ def llama_state(w: _Weights, a: ModelArgs) -> Tensors:
         for part in parts:
             sd[f"{dst}.attn.qkv.{part}"] = torch.cat([w.take(f"{src}.self_attn.{n}_proj.{part}") for n in "qkv"])
             sd[f"{dst}.attn.proj.{part}"] = w.take(f"{src}.self_attn.o_proj.{part}")
-            sd[f"{dst}.mlp.fc.{part}"] = torch.cat([w.take(f"{src}.mlp.{n}_proj.{part}") for n in ("gate", "up")])
+            gate, up = (w.take(f"{src}.mlp.{n}_proj.{part}") for n in ("gate", "up"))
+            if a.mlp == "relu2" and not torch.equal(gate, up):
+                raise UserError(f"{w.where}: hidden_act relu with gate_proj and up_proj different (layer {i}) is a "
+                                "ReGLU MLP, which tinyllm's model cannot compute; relu with the two equal is "
+                                "--mlp relu2")
+            sd[f"{dst}.mlp.fc.{part}"] = gate if a.mlp == "relu2" else torch.cat([gate, up])
             sd[f"{dst}.mlp.proj.{part}"] = w.take(f"{src}.mlp.down_proj.{part}")
+        if a.qk_norm:
+            for n in ("q_norm", "k_norm"):
+                sd[f"{dst}.attn.{n}.weight"] = w.take(f"{src}.self_attn.{n}.weight")
     sd["norm_f.weight"] = w.take("norm.weight")
     _head(w, a, sd)
     w.finish(ignore=(".rotary_emb.inv_freq",))  # a buffer some older files carry, recomputed from rope_theta
@@ -371,8 +400,9 @@ class _Arch:
 ARCHS = {
     "GPT2LMHeadModel": _Arch(gpt2_args, gpt2_state, "transformer."),
     "LlamaForCausalLM": _Arch(llama_args, llama_state, "model."),
+    "Qwen3ForCausalLM": _Arch(qwen3_args, llama_state, "model."),
 }
-MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def _safetensors_load(path: Path, where: str) -> Tensors:
@@ -509,12 +539,12 @@ def hf_architecture(config: dict[str, Any], where: str) -> str:
     if isinstance(archs, list) and archs:
         if len(archs) > 1 or archs[0] not in ARCHS:
             raise UserError(f"{where}: config.json names the class {', '.join(map(str, archs))}; tinyllm imports "
-                            f"{' and '.join(SUPPORTED_CLASSES)}")
+                            f"{SUPPORTED_CLASSES}")
         return archs[0]
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UserError(f"{where}: config.json has model_type {json.dumps(model_type)} and names no class; tinyllm "
-                        f"imports {' and '.join(SUPPORTED_CLASSES)} (model_type gpt2 or llama)")
+                        f"imports {SUPPORTED_CLASSES} (model_type gpt2, llama or qwen3)")
     return MODEL_TYPES[model_type]
 
 
