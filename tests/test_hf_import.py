@@ -113,6 +113,9 @@ def greedy_tinyllm(model: GPT, prompt: torch.Tensor, n: int) -> list[int]:
 
 
 def greedy_hf(hf, prompt: torch.Tensor, n: int) -> list[int]:
+    # n tokens, end-of-text or not: transformers fills an unset eos_token_id from the model's own generation
+    # config, and min_new_tokens would then forbid that token where tinyllm may pick it.
+    hf.generation_config.eos_token_id = None
     gen = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
                                         bos_token_id=None, pad_token_id=0)
     return hf.generate(prompt, generation_config=gen)[0, prompt.shape[1]:].tolist()
