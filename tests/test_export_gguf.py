@@ -40,8 +40,11 @@ RUNS = {
                    "--bias", "--rope_theta", "500"],
     "llama-bpe": ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--pos_encoding", "rope", "--norm", "rmsnorm",
                   "--mlp", "swiglu", "--no-bias", "--n_head", "4", "--n_kv_head", "2"],
+    # RoPE with q/k norm and ReLU² (the default preset's architecture) -> apertus, ReLU² as its xIELU
+    "apertus-char": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2",
+                     "--qk_norm", "--no-bias", "--weight_tying", "--n_head", "4", "--n_kv_head", "2"],
 }
-ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama"}
+ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama", "apertus-char": "apertus"}
 
 
 def export(*args) -> int:
@@ -98,9 +101,27 @@ def rope_consecutive(x: torch.Tensor, theta: float) -> torch.Tensor:
     return out
 
 
+def rope_halves(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """llama.cpp's NeoX RoPE (the apertus graph's): the pair (i, i + d/2) turns by p * theta^(-2i/d)."""
+    T, d = x.shape[-2], x.shape[-1]
+    inv = theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = (torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]).float()
+    a, b = x[..., :d // 2], x[..., d // 2:]
+    return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], dim=-1)
+
+
+def xielu(x: torch.Tensor, fields: dict) -> torch.Tensor:
+    """llama.cpp's xIELU from the file's stored parameters (it takes softplus of the two alphas)."""
+    beta = fields["xielu.beta"]
+    a_p = F.softplus(torch.tensor(fields["xielu.alpha_p"]))
+    a_n = beta + F.softplus(torch.tensor(fields["xielu.alpha_n"]))
+    neg = (torch.expm1(x.clamp(max=fields["xielu.eps"])) - x) * a_n + beta * x
+    return torch.where(x > 0, a_p * x * x + beta * x, neg)
+
+
 def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gelu: str = "none") -> torch.Tensor:
-    """llama.cpp's gpt2 or llama graph, written out plainly from the GGUF file's tensors and keys. `gelu` is
-    torch's `approximate`: llama.cpp's gpt2 graph uses "tanh"; the exact form checks the layout alone."""
+    """llama.cpp's gpt2, llama or apertus graph, written out plainly from the GGUF file's tensors and keys.
+    `gelu` is torch's `approximate`: llama.cpp's gpt2 graph uses "tanh"; the exact form checks the layout alone."""
     arch = fields["general.architecture"]
     g = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in t.items()}
 
@@ -136,12 +157,19 @@ def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gel
         q, k, v = (z.view(T, -1, d).transpose(0, 1) for z in (q, k, v))
         if arch == "llama":
             q, k = rope_consecutive(q, key("rope.freq_base")), rope_consecutive(k, key("rope.freq_base"))
+        if arch == "apertus":
+            q = F.rms_norm(q, (d,), g[f"{b}.attn_q_norm.weight"], eps)
+            k = F.rms_norm(k, (d,), g[f"{b}.attn_k_norm.weight"], eps)
+            q, k = rope_halves(q, key("rope.freq_base")), rope_halves(k, key("rope.freq_base"))
         k, v = k.repeat_interleave(n_head // n_kv, 0), v.repeat_interleave(n_head // n_kv, 0)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(0, 1).reshape(T, C)
         x = x + lin(y, f"{b}.attn_output")
         h = norm(x, f"{b}.ffn_norm")
         up = lin(h, f"{b}.ffn_up")
-        h = F.silu(lin(h, f"{b}.ffn_gate")) * up if arch == "llama" else F.gelu(up, approximate=gelu)
+        if arch == "apertus":
+            h = xielu(up, fields)
+        else:
+            h = F.silu(lin(h, f"{b}.ffn_gate")) * up if arch == "llama" else F.gelu(up, approximate=gelu)
         x = x + lin(h, f"{b}.ffn_down")
     x = norm(x, "output_norm")
     return x @ g.get("output.weight", g["token_embd.weight"]).T
@@ -165,6 +193,9 @@ def perturbed(settings: dict) -> GPT:
      "norm_eps": 1e-3},
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "n_kv_head": 1,
      "weight_tying": True},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False, "n_kv_head": 2,
+     "weight_tying": True, "rope_theta": 100.0},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False, "mlp_hidden": 40},
 ])
 def test_gguf_layout_computes_tinyllm_logits(settings, tmp_path):
     model = perturbed(settings)
@@ -222,7 +253,10 @@ BASE = {"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size":
     ({"norm": "rmsnorm"}, "--norm rmsnorm"),
     ({"mlp": "swiglu"}, "--mlp swiglu"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2"}, "--mlp relu2"),
-    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, "--qk_norm"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, "--mlp swiglu"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": True}, "--bias"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False,
+      "norm_eps": 1e-6}, "--norm_eps 1e-06"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "sliding_window": 4}, "--sliding_window 4"),
     ({"pos_encoding": "rope", "mlp": "swiglu"}, "--norm layernorm"),
 ])
@@ -237,6 +271,8 @@ def test_representable_options_pick_the_architecture():
     assert choose_arch(ModelArgs(**BASE, sliding_window=16)).name == "gpt2"  # a window as long as the context
     llama = ModelArgs(**BASE, pos_encoding="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=True)
     assert choose_arch(llama).name == "llama"
+    apertus = ModelArgs(**BASE, pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=False)
+    assert choose_arch(apertus).name == "apertus"
 
 
 def test_an_option_unknown_to_the_exporter_is_refused(monkeypatch):

@@ -12,9 +12,10 @@ from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
 
 PRESETS = sorted((REPO / "config").glob("*.json"))
-HF_ARCHITECTURES = {"GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM"}
-# RoPE with q/k norm exports as Qwen 3, whose MLP has no biases (docs/elsewhere.md)
-NOT_EXPORTABLE_TO_HF = {"modern_char.json": "--bias"}
+HF_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "Qwen3ForCausalLM")
+GGUF_ARCHITECTURES = ("architecture gpt2", "architecture llama", "architecture apertus")
+# RoPE with q/k norm exports as Qwen 3 and as llama.cpp's apertus, whose MLPs have no biases (docs/export.md)
+NOT_EXPORTABLE = {"modern_char.json": "--bias"}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
@@ -40,11 +41,14 @@ def test_every_preset_runs_a_few_steps(preset: Path, corpus: Path, tmp_path: Pat
     assert [r["step"] for r in rows if "val_loss" in r] == [3]
     assert rows[-1]["event"] == "end" and rows[-1]["reason"] == "max_steps"
     assert "--compile (" not in (out / "train.log").read_text()  # a compiled preset compiles (no eager fallback)
-    if importlib.util.find_spec("transformers") is not None:  # and what it trains exports to Hugging Face
-        from tinyllm.export import check_run
+    # and what it trains exports, to Hugging Face and to llama.cpp
+    from tinyllm.export import check_run
 
-        if preset.name in NOT_EXPORTABLE_TO_HF:
-            with pytest.raises(UserError, match=NOT_EXPORTABLE_TO_HF[preset.name]):
-                check_run(out, "last", "hf")
+    for fmt, package, kinds in (("hf", "transformers", HF_ARCHITECTURES), ("gguf", "gguf", GGUF_ARCHITECTURES)):
+        if importlib.util.find_spec(package) is None:
+            continue
+        if preset.name in NOT_EXPORTABLE:
+            with pytest.raises(UserError, match=NOT_EXPORTABLE[preset.name]):
+                check_run(out, "last", fmt)
         else:
-            assert check_run(out, "last", "hf").split(",")[0] in HF_ARCHITECTURES
+            assert any(kind in check_run(out, "last", fmt) for kind in kinds)

@@ -14,6 +14,9 @@ else is refused with an error naming the option:
   llama.cpp's `llama` RoPE turns consecutive pairs (0, 1), (2, 3)..., tinyllm's the split halves (i, i + d/2),
   so the rows of q and k are permuted within each head, as llama.cpp's own converter does for Hugging Face
   Llama weights; the scores q.k are unchanged.
+* RoPE + RMSNorm + q/k norm + ReLU² (the default preset) -> `apertus`: Llama's layer with an RMSNorm over each
+  head's q and k, NeoX RoPE (tinyllm's split halves: no permutation) and an ungated MLP whose xIELU activation
+  is stored so that it computes relu(x)² (RELU2_AS_XIELU). No biases; its q/k norms use the others' eps.
 
 Tokenizers:
 
@@ -80,6 +83,7 @@ class Arch:
     needs: Callable[[ModelArgs], list[tuple[str, Any, Any]]]
     tensors: Callable[[Tensors, ModelArgs], Named]  # tinyllm state dict -> (GGUF name, tensor)
     hparams: Callable[[Any, ModelArgs], None]  # writes the architecture's keys
+    qk_norm: bool = False  # whether it normalises each head's q and k
 
 
 def _bias(sd: Tensors, name: str, size: int) -> torch.Tensor:
@@ -134,6 +138,27 @@ def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
         yield "output.weight", sd["head.weight"]
 
 
+def apertus_tensors(sd: Tensors, a: ModelArgs) -> Named:
+    """Llama's layer with q/k norm and a plain (ungated) MLP; its RoPE turns tinyllm's split halves (NeoX)."""
+    yield "token_embd.weight", sd["tok_emb.weight"]
+    kv_dim = a.kv_heads * a.head_dim
+    for i in range(a.n_layer):
+        src, dst = f"blocks.{i}", f"blk.{i}"
+        yield f"{dst}.attn_norm.weight", sd[f"{src}.norm1.weight"]
+        q, k, v = sd[f"{src}.attn.qkv.weight"].split([a.n_embd, kv_dim, kv_dim], dim=0)
+        yield f"{dst}.attn_q.weight", q
+        yield f"{dst}.attn_k.weight", k
+        yield f"{dst}.attn_v.weight", v
+        yield f"{dst}.attn_q_norm.weight", sd[f"{src}.attn.q_norm.weight"]
+        yield f"{dst}.attn_k_norm.weight", sd[f"{src}.attn.k_norm.weight"]
+        yield f"{dst}.attn_output.weight", sd[f"{src}.attn.proj.weight"]
+        yield f"{dst}.ffn_norm.weight", sd[f"{src}.norm2.weight"]
+        yield f"{dst}.ffn_up.weight", sd[f"{src}.mlp.fc.weight"]
+        yield f"{dst}.ffn_down.weight", sd[f"{src}.mlp.proj.weight"]
+    yield "output_norm.weight", sd["norm_f.weight"]
+    yield "output.weight", sd["head.weight"]  # required by this graph, tied head or not
+
+
 def _common_hparams(w: Any, a: ModelArgs) -> None:
     w.add_context_length(a.block_size)
     w.add_embedding_length(a.n_embd)
@@ -156,6 +181,19 @@ def llama_hparams(w: Any, a: ModelArgs) -> None:
     w.add_rope_dimension_count(a.head_dim)
 
 
+# xIELU, the apertus graph's activation: x > 0: a_p x^2 + beta x, else (expm1(min(x, eps)) - x) a_n + beta x, with
+# a_p = softplus(alpha_p) and a_n = beta + softplus(alpha_n) taken by llama.cpp from the values stored. Stored as
+# below it is ReLU^2: softplus(ln(e - 1)) = 1, and softplus(-1000) underflows to exactly 0.
+RELU2_AS_XIELU = {"xielu.alpha_p": float(np.log(np.e - 1)), "xielu.alpha_n": -1000.0, "xielu.beta": 0.0,
+                  "xielu.eps": 0.0}
+
+
+def apertus_hparams(w: Any, a: ModelArgs) -> None:
+    llama_hparams(w, a)
+    for key, value in RELU2_AS_XIELU.items():
+        w.add_float32(key, value)
+
+
 GELUS = ("gelu", "gelu_tanh")
 ARCHS: dict[str, Arch] = {
     # llama.cpp's gpt2 graph has one GELU, the tanh form: --mlp gelu_tanh exactly, --mlp gelu (erf) within ~1e-3.
@@ -164,17 +202,21 @@ ARCHS: dict[str, Arch] = {
                     gpt2_tensors, gpt2_hparams),
     "rope": Arch("llama", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")],
                  llama_tensors, llama_hparams),
+    # RoPE with q/k norm (the default preset): its q/k norms take the eps of the others, tinyllm's are 1e-5
+    "rope+qk_norm": Arch("apertus", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "relu2"),
+                                               ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)],
+                         apertus_tensors, apertus_hparams, qk_norm=True),
 }
 
 
 def choose_arch(a: ModelArgs) -> Arch:
     """llama.cpp's architecture for these settings, or a UserError naming the first option that prevents it."""
     check_known_options(a, WHERE)
-    arch = ARCHS.get(a.pos_encoding)
+    arch = ARCHS.get("rope+qk_norm" if a.pos_encoding == "rope" and a.qk_norm else a.pos_encoding)
     if arch is None:
         raise UserError(f"cannot export {flag('pos_encoding', a.pos_encoding)} to {WHERE}: llama.cpp's gpt2 "
                         "(--pos_encoding learned) and llama (--pos_encoding rope) architectures both need positions")
-    refuse_unmet(a, common_needs(a) + arch.needs(a), WHERE, f"llama.cpp's {arch.name} architecture")
+    refuse_unmet(a, common_needs(a, arch.qk_norm) + arch.needs(a), WHERE, f"llama.cpp's {arch.name} architecture")
     return arch
 
 
