@@ -4,10 +4,10 @@
     python -m tinyllm.export --out_dir RUN --format gguf --output model.gguf [--dtype f32|f16|q8_0] [--ckpt best]
 
 The work lives in `export_hf` (transformers' GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM) and
-`export_gguf` (llama.cpp's `gpt2` / `llama` architectures), on the rules they share in `export_common` (which
-model options an exporter knows, HANDLED_FIELDS; the options no target can represent). This module holds the
-command line and `check`: what a run would export as, or the UserError that names the option(s) that prevent
-it, without writing anything (the GUI shows it before its Export button is pressed).
+`export_gguf` (llama.cpp's `gpt2` / `llama` / `apertus` architectures), on the rules they share in
+`export_common` (which model options an exporter knows, HANDLED_FIELDS; the options no target can represent).
+This module holds the command line and `check`: what a run would export as, or the UserError that names the
+option(s) that prevent it, without writing anything (the GUI shows it before its Export button is pressed).
 
 An export that loads but computes something else would be worse than none, so every option is either mapped
 exactly or refused; a refusal exits with status 2 and one line naming the option, and writes nothing.

@@ -413,8 +413,8 @@ class Trainer:
         """The first step under --compile, where torch.compile traces the model and builds its kernels (~35 s
         on a 2-core CPU with a cold cache): off the clock, as evaluations are, so that a --max_time budget and
         the schedule laid over it buy training rather than compilation (the speed-run convention). The wall
-        clock in the closing summary still has it. Later recompilations (a
-        new curriculum length) stay on the clock."""
+        clock in the closing summary still has it. Later recompilations (a new curriculum length) stay on the
+        clock."""
         t0 = time.perf_counter()
         with self.off_the_clock():
             out = self.train_step(t)
