@@ -43,8 +43,12 @@ RUNS = {
     # RoPE with q/k norm and ReLU² (the default preset's architecture) -> apertus, ReLU² as its xIELU
     "apertus-char": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2",
                      "--qk_norm", "--no-bias", "--weight_tying", "--n_head", "4", "--n_kv_head", "2"],
+    # RoPE with q/k norm and SwiGLU -> qwen3
+    "qwen3-bpe": ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--pos_encoding", "rope", "--norm", "rmsnorm",
+                  "--mlp", "swiglu", "--qk_norm", "--no-bias"],
 }
-ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama", "apertus-char": "apertus"}
+ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama", "apertus-char": "apertus",
+        "qwen3-bpe": "qwen3"}
 
 
 def export(*args) -> int:
@@ -157,7 +161,7 @@ def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gel
         q, k, v = (z.view(T, -1, d).transpose(0, 1) for z in (q, k, v))
         if arch == "llama":
             q, k = rope_consecutive(q, key("rope.freq_base")), rope_consecutive(k, key("rope.freq_base"))
-        if arch == "apertus":
+        if arch in ("apertus", "qwen3"):
             q = F.rms_norm(q, (d,), g[f"{b}.attn_q_norm.weight"], eps)
             k = F.rms_norm(k, (d,), g[f"{b}.attn_k_norm.weight"], eps)
             q, k = rope_halves(q, key("rope.freq_base")), rope_halves(k, key("rope.freq_base"))
@@ -169,7 +173,7 @@ def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gel
         if arch == "apertus":
             h = xielu(up, fields)
         else:
-            h = F.silu(lin(h, f"{b}.ffn_gate")) * up if arch == "llama" else F.gelu(up, approximate=gelu)
+            h = F.silu(lin(h, f"{b}.ffn_gate")) * up if arch != "gpt2" else F.gelu(up, approximate=gelu)
         x = x + lin(h, f"{b}.ffn_down")
     x = norm(x, "output_norm")
     return x @ g.get("output.weight", g["token_embd.weight"]).T
@@ -196,6 +200,7 @@ def perturbed(settings: dict) -> GPT:
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False, "n_kv_head": 2,
      "weight_tying": True, "rope_theta": 100.0},
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False, "mlp_hidden": 40},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False, "n_kv_head": 1},
 ])
 def test_gguf_layout_computes_tinyllm_logits(settings, tmp_path):
     model = perturbed(settings)
@@ -253,7 +258,9 @@ BASE = {"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size":
     ({"norm": "rmsnorm"}, "--norm rmsnorm"),
     ({"mlp": "swiglu"}, "--mlp swiglu"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2"}, "--mlp relu2"),
-    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, "--mlp swiglu"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, "--bias"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "gelu", "qk_norm": True, "bias": False},
+     "--mlp relu2 or swiglu"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": True}, "--bias"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False,
       "norm_eps": 1e-6}, "--norm_eps 1e-06"),
@@ -273,6 +280,7 @@ def test_representable_options_pick_the_architecture():
     assert choose_arch(llama).name == "llama"
     apertus = ModelArgs(**BASE, pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=False)
     assert choose_arch(apertus).name == "apertus"
+    assert choose_arch(replace(apertus, mlp="swiglu")).name == "qwen3"
 
 
 def test_an_option_unknown_to_the_exporter_is_refused(monkeypatch):

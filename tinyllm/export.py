@@ -4,7 +4,7 @@
     python -m tinyllm.export --out_dir RUN --format gguf --output model.gguf [--dtype f32|f16|q8_0] [--ckpt best]
 
 The work lives in `export_hf` (transformers' GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM) and
-`export_gguf` (llama.cpp's `gpt2` / `llama` / `apertus` architectures), on the rules they share in
+`export_gguf` (llama.cpp's `gpt2` / `llama` / `apertus` / `qwen3` architectures), on the rules they share in
 `export_common` (which model options an exporter knows, HANDLED_FIELDS; the options no target can represent).
 This module holds the command line and `check`: what a run would export as, or the UserError that names the
 option(s) that prevent it, without writing anything (the GUI shows it before its Export button is pressed).

@@ -17,6 +17,7 @@ else is refused with an error naming the option:
 * RoPE + RMSNorm + q/k norm + ReLU² (the default preset) -> `apertus`: Llama's layer with an RMSNorm over each
   head's q and k, NeoX RoPE (tinyllm's split halves: no permutation) and an ungated MLP whose xIELU activation
   is stored so that it computes relu(x)² (RELU2_AS_XIELU). No biases; its q/k norms use the others' eps.
+* RoPE + RMSNorm + q/k norm + SwiGLU -> `qwen3`: the same layer with llama's gated MLP.
 
 Tokenizers:
 
@@ -138,8 +139,9 @@ def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
         yield "output.weight", sd["head.weight"]
 
 
-def apertus_tensors(sd: Tensors, a: ModelArgs) -> Named:
-    """Llama's layer with q/k norm and a plain (ungated) MLP; its RoPE turns tinyllm's split halves (NeoX)."""
+def qk_norm_tensors(sd: Tensors, a: ModelArgs) -> Named:
+    """apertus and qwen3: Llama's layer with q/k norm, RoPE turning tinyllm's split halves (NeoX, so no
+    permutation), and an ungated ReLU² MLP (apertus) or SwiGLU (qwen3)."""
     yield "token_embd.weight", sd["tok_emb.weight"]
     kv_dim = a.kv_heads * a.head_dim
     for i in range(a.n_layer):
@@ -153,10 +155,14 @@ def apertus_tensors(sd: Tensors, a: ModelArgs) -> Named:
         yield f"{dst}.attn_k_norm.weight", sd[f"{src}.attn.k_norm.weight"]
         yield f"{dst}.attn_output.weight", sd[f"{src}.attn.proj.weight"]
         yield f"{dst}.ffn_norm.weight", sd[f"{src}.norm2.weight"]
-        yield f"{dst}.ffn_up.weight", sd[f"{src}.mlp.fc.weight"]
+        fc = sd[f"{src}.mlp.fc.weight"]
+        if a.mlp == "swiglu":  # the fused matrix holds the gate first, then the up projection
+            gate, fc = fc.chunk(2, dim=0)
+            yield f"{dst}.ffn_gate.weight", gate
+        yield f"{dst}.ffn_up.weight", fc
         yield f"{dst}.ffn_down.weight", sd[f"{src}.mlp.proj.weight"]
     yield "output_norm.weight", sd["norm_f.weight"]
-    yield "output.weight", sd["head.weight"]  # required by this graph, tied head or not
+    yield "output.weight", sd["head.weight"]  # apertus requires it, tied head or not
 
 
 def _common_hparams(w: Any, a: ModelArgs) -> None:
@@ -195,6 +201,17 @@ def apertus_hparams(w: Any, a: ModelArgs) -> None:
 
 
 GELUS = ("gelu", "gelu_tanh")
+
+
+def _qk_norm_needs(a: ModelArgs, mlp: str) -> list[tuple[str, Any, Any]]:
+    need = mlp if a.mlp in ("relu2", "swiglu") else "relu2 or swiglu"
+    return [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, need), ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)]
+
+
+def arch_key(a: ModelArgs) -> str:
+    if a.pos_encoding == "rope" and a.qk_norm:
+        return "rope+qk_norm+swiglu" if a.mlp == "swiglu" else "rope+qk_norm"
+    return a.pos_encoding
 ARCHS: dict[str, Arch] = {
     # llama.cpp's gpt2 graph has one GELU, the tanh form: --mlp gelu_tanh exactly, --mlp gelu (erf) within ~1e-3.
     "learned": Arch("gpt2", lambda a: [("norm", a.norm, "layernorm"),
@@ -202,17 +219,19 @@ ARCHS: dict[str, Arch] = {
                     gpt2_tensors, gpt2_hparams),
     "rope": Arch("llama", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")],
                  llama_tensors, llama_hparams),
-    # RoPE with q/k norm (the default preset): its q/k norms take the eps of the others, tinyllm's are 1e-5
-    "rope+qk_norm": Arch("apertus", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "relu2"),
-                                               ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)],
-                         apertus_tensors, apertus_hparams, qk_norm=True),
+    # RoPE with q/k norm (the default preset, ReLU²; or SwiGLU): their q/k norms take the eps of the others,
+    # where tinyllm's are 1e-5, and neither has MLP biases
+    "rope+qk_norm": Arch("apertus", lambda a: _qk_norm_needs(a, "relu2"), qk_norm_tensors, apertus_hparams,
+                         qk_norm=True),
+    "rope+qk_norm+swiglu": Arch("qwen3", lambda a: _qk_norm_needs(a, "swiglu"), qk_norm_tensors, llama_hparams,
+                                qk_norm=True),
 }
 
 
 def choose_arch(a: ModelArgs) -> Arch:
     """llama.cpp's architecture for these settings, or a UserError naming the first option that prevents it."""
     check_known_options(a, WHERE)
-    arch = ARCHS.get("rope+qk_norm" if a.pos_encoding == "rope" and a.qk_norm else a.pos_encoding)
+    arch = ARCHS.get(arch_key(a))
     if arch is None:
         raise UserError(f"cannot export {flag('pos_encoding', a.pos_encoding)} to {WHERE}: llama.cpp's gpt2 "
                         "(--pos_encoding learned) and llama (--pos_encoding rope) architectures both need positions")
