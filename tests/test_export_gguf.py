@@ -124,7 +124,7 @@ def xielu(x: torch.Tensor, fields: dict) -> torch.Tensor:
 
 
 def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gelu: str = "none") -> torch.Tensor:
-    """llama.cpp's gpt2, llama or apertus graph, written out plainly from the GGUF file's tensors and keys.
+    """llama.cpp's gpt2, llama, apertus or qwen3 graph, written out plainly from the GGUF file's tensors and keys.
     `gelu` is torch's `approximate`: llama.cpp's gpt2 graph uses "tanh"; the exact form checks the layout alone."""
     arch = fields["general.architecture"]
     g = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in t.items()}

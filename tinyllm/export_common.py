@@ -11,7 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from tinyllm.errors import UserError
-from tinyllm.model import ModelArgs
+from tinyllm.model import QK_NORM_EPS, ModelArgs
 
 FORMATS = {"hf": "Hugging Face", "gguf": "GGUF"}
 GGUF_DTYPES = ("f32", "f16", "q8_0")
@@ -52,6 +52,17 @@ def common_needs(a: ModelArgs, qk_norm: bool = False) -> list[tuple[str, Any, An
         ("sliding_window", a.sliding_window if a.window < a.block_size else 0, 0),
         ("logit_softcap", a.logit_softcap, 0.0),
     ]
+
+
+# tinyllm's --mlp -> the activation of a gated MLP, down(act(gate(x)) * up(x)), that computes it: SwiGLU with
+# silu, and ReLU² with relu and gate = up (relu(h) * h = relu(h)²). The Hugging Face exporter and importer share it.
+GATED_ACTIVATIONS = {"swiglu": "silu", "relu2": "relu"}
+
+
+def qk_norm_target_needs(a: ModelArgs) -> list[tuple[str, Any, Any]]:
+    """What the targets with q/k norm (Qwen 3, llama.cpp's apertus and qwen3) add: no MLP biases, and one eps
+    for every norm, q/k norm included, so --norm_eps must be tinyllm's fixed q/k norm eps."""
+    return [("bias", a.bias, False), ("norm_eps", a.norm_eps, QK_NORM_EPS)]
 
 
 def _join(items: list[str]) -> str:

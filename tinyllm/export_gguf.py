@@ -56,7 +56,14 @@ import torch
 
 from tinyllm import __version__
 from tinyllm.errors import UserError
-from tinyllm.export_common import GGUF_DTYPES, check_known_options, common_needs, flag, refuse_unmet
+from tinyllm.export_common import (
+    GGUF_DTYPES,
+    check_known_options,
+    common_needs,
+    flag,
+    qk_norm_target_needs,
+    refuse_unmet,
+)
 from tinyllm.model import GPT, ModelArgs, mlp_hidden_size
 from tinyllm.tokenizer import EOT_TOKEN
 
@@ -205,7 +212,7 @@ GELUS = ("gelu", "gelu_tanh")
 
 def _qk_norm_needs(a: ModelArgs, mlp: str) -> list[tuple[str, Any, Any]]:
     need = mlp if a.mlp in ("relu2", "swiglu") else "relu2 or swiglu"
-    return [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, need), ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)]
+    return [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, need), *qk_norm_target_needs(a)]
 
 
 def arch_key(a: ModelArgs) -> str:
@@ -219,8 +226,7 @@ ARCHS: dict[str, Arch] = {
                     gpt2_tensors, gpt2_hparams),
     "rope": Arch("llama", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")],
                  llama_tensors, llama_hparams),
-    # RoPE with q/k norm (the default preset, ReLU²; or SwiGLU): their q/k norms take the eps of the others,
-    # where tinyllm's are 1e-5, and neither has MLP biases
+    # RoPE with q/k norm: the default preset (ReLU²), or SwiGLU
     "rope+qk_norm": Arch("apertus", lambda a: _qk_norm_needs(a, "relu2"), qk_norm_tensors, apertus_hparams,
                          qk_norm=True),
     "rope+qk_norm+swiglu": Arch("qwen3", lambda a: _qk_norm_needs(a, "swiglu"), qk_norm_tensors, llama_hparams,

@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from tinyllm.errors import UserError
-from tinyllm.export_common import check_known_options, common_needs, flag, refuse_unmet
+from tinyllm.export_common import (
+    GATED_ACTIVATIONS,
+    check_known_options,
+    common_needs,
+    flag,
+    qk_norm_target_needs,
+    refuse_unmet,
+)
 from tinyllm.model import GPT, ModelArgs, mlp_hidden_size
 
 EXPORT_HINT = 'pip install -e ".[export]"'
@@ -171,10 +178,6 @@ def gpt2_config(a: ModelArgs, eot_id: int | None) -> Any:
     )
 
 
-# tinyllm's --mlp -> the gated MLP's activation (see the module docstring).
-GATED_ACTIVATIONS = {"swiglu": "silu", "relu2": "relu"}
-
-
 def _rope_config(config_class: str, architecture: str, a: ModelArgs, eot_id: int | None, **extra: Any) -> Any:
     return getattr(_transformers(), config_class)(
         vocab_size=a.vocab_size, hidden_size=a.n_embd, intermediate_size=mlp_hidden_size(a),
@@ -206,10 +209,8 @@ TARGETS: dict[str, Target] = {
         ("n_kv_head", a.kv_heads, a.n_head)]),
     "rope": Target("LlamaForCausalLM", llama_config, llama_weights, lambda a: [
         ("norm", a.norm, "rmsnorm"), _gated_mlp(a)]),
-    # Qwen 3's MLP has no biases, and its q/k norms take the eps of the others, where tinyllm's have 1e-5.
     "rope+qk_norm": Target("Qwen3ForCausalLM", qwen3_config, llama_weights, lambda a: [
-        ("norm", a.norm, "rmsnorm"), _gated_mlp(a), ("bias", a.bias, False), ("norm_eps", a.norm_eps, 1e-5)],
-        qk_norm=True),
+        ("norm", a.norm, "rmsnorm"), _gated_mlp(a), *qk_norm_target_needs(a)], qk_norm=True),
 }
 
 

@@ -45,7 +45,8 @@ import torch
 
 from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
 from tinyllm.errors import UserError
-from tinyllm.model import GPT, ModelArgs, mlp_hidden_size
+from tinyllm.export_common import GATED_ACTIVATIONS
+from tinyllm.model import GPT, QK_NORM_EPS, ModelArgs, mlp_hidden_size
 from tinyllm.tokenizer import EOT_TOKEN, BPETokenizer, CharTokenizer, tokenizer_from_json
 
 IMPORT_HINT = 'pip install -e ".[export]"'
@@ -242,13 +243,13 @@ def _rope_theta(c: _Config) -> float:
 
 
 # transformers' hidden_act of a gated MLP -> tinyllm's --mlp (relu: only with gate_proj = up_proj, see llama_state)
-GATED_ACTIVATIONS = {"silu": "swiglu", "relu": "relu2"}
+GATED_MLPS = {act: mlp for mlp, act in GATED_ACTIVATIONS.items()}
 
 
 def llama_args(c: _Config) -> ModelArgs:
     _common_checks(c)
     act = c.get("hidden_act", "silu")
-    if act not in GATED_ACTIVATIONS:
+    if act not in GATED_MLPS:
         raise c.refuse("hidden_act", act, "silu, or relu with gate_proj = up_proj")
     attn_bias, mlp_bias = bool(c.get("attention_bias", False)), bool(c.get("mlp_bias", False))
     if attn_bias != mlp_bias:
@@ -268,7 +269,7 @@ def llama_args(c: _Config) -> ModelArgs:
     args = ModelArgs(
         vocab_size=c.need("vocab_size", 32000), n_layer=c.need("num_hidden_layers", 32), n_head=n_head,
         n_embd=n_embd, block_size=c.need("max_position_embeddings", 2048), bias=attn_bias,
-        weight_tying=bool(c.get("tie_word_embeddings", False)), mlp=GATED_ACTIVATIONS[act], pos_encoding="rope",
+        weight_tying=bool(c.get("tie_word_embeddings", False)), mlp=GATED_MLPS[act], pos_encoding="rope",
         rope_theta=_rope_theta(c), norm="rmsnorm", n_kv_head=0 if n_kv == n_head else n_kv,
         norm_eps=float(c.need("rms_norm_eps", 1e-6, (int, float))),
     )
@@ -281,8 +282,9 @@ def qwen3_args(c: _Config) -> ModelArgs:
     c.expect("attention_bias", False, False)  # Qwen 3's MLP has no biases, and tinyllm's --bias is all or none
     c.expect("use_sliding_window", False, False)
     eps = c.get("rms_norm_eps", 1e-6)
-    if eps != 1e-5:
-        raise c.refuse("rms_norm_eps", eps, "1e-05 (Qwen 3's q/k norms use it too, and tinyllm's always 1e-5)")
+    if eps != QK_NORM_EPS:
+        raise c.refuse("rms_norm_eps", eps, f"{QK_NORM_EPS} (Qwen 3's q/k norms use it too, and tinyllm's always "
+                       f"{QK_NORM_EPS})")
     args = llama_args(c)
     args.qk_norm = True
     return args

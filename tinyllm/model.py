@@ -139,6 +139,10 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
+# q/k norm's eps is fixed, not --norm_eps; the exporters and the importer map it (targets whose q/k norms take
+# the eps of the others need --norm_eps to equal it).
+QK_NORM_EPS = 1e-5
+
 NORMS: dict[str, Callable[..., nn.Module]] = {  # (dim, bias, eps=1e-5) -> the norm layer
     "layernorm": lambda dim, bias, eps=1e-5: nn.LayerNorm(dim, eps=eps, bias=bias),
     "rmsnorm": lambda dim, bias, eps=1e-5: RMSNorm(dim, eps=eps),  # has no bias by definition
@@ -324,8 +328,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(a.n_embd, a.n_embd, bias=a.bias)
         self.proj.is_residual_out = True
         # q/k norm: RMS over each head's vector, with a learned gain (OLMo 2, Qwen 3 style).
-        self.q_norm = RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
-        self.k_norm = RMSNorm(a.head_dim, eps=1e-5) if a.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(a.head_dim, eps=QK_NORM_EPS) if a.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(a.head_dim, eps=QK_NORM_EPS) if a.qk_norm else nn.Identity()
         groups = self.n_head // self.n_kv_head
         self.expand_kv = partial(torch.repeat_interleave, repeats=groups, dim=1) if groups > 1 else _same
         # Dropout on the attention weights takes SDPA off its fused kernel on a CPU (~1.7x the step time on
