@@ -406,7 +406,7 @@ class Trainer:
             self.paused_s += time.perf_counter() - t0
 
     def train_clock(self) -> float:
-        """A clock that stands still off the clock: the log's tokens/s is the training steps' own."""
+        """A clock that stands still off the clock: the training time (time_s) and the log's tokens/s follow it."""
         return time.perf_counter() - self.paused_s
 
     def compile_step(self, t: int) -> tuple:
@@ -429,7 +429,7 @@ class Trainer:
         p, cfg = self.progress, self.cfg
         p.step += 1
         p.tokens_seen += cfg.batch_size * t * cfg.grad_accum_steps * self.dist.world_size
-        p.time_s = self.time_before + time.perf_counter() - self.t_session - self.paused_s
+        p.time_s = self.time_before + self.train_clock() - self.t_session
         if self.budgeted:
             # The schedule follows this clock, so every rank must read the same one: rank 0 alone samples, off
             # its clock, while the others wait on theirs.
