@@ -290,3 +290,79 @@ def test_amp_run_on_cpu(corpus, tmp_path, capsys):
     rows = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert rows[-1] < rows[0]
     assert load_checkpoint(out / "ckpt.pt")["model"]["tok_emb.weight"].dtype == torch.float32
+
+
+def test_compile_mode_reaches_torch_compile_and_needs_inductor(monkeypatch):
+    from tinyllm.errors import UserError
+    from tinyllm.train import compile_model
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    compile_model(torch.nn.Linear(2, 2), "inductor", "max-autotune-no-cudagraphs")
+    compile_model(torch.nn.Linear(2, 2), "inductor")
+    assert calls == [{"backend": "inductor", "mode": "max-autotune-no-cudagraphs"}, {"backend": "inductor"}]
+    with pytest.raises(UserError, match="--compile_mode reduce-overhead is a mode of the inductor backend"):
+        compile_model(torch.nn.Linear(2, 2), "aot_eager", "reduce-overhead")
+
+
+def test_cuda_graphs_refuse_grad_accumulation_and_ddp():
+    """torch's CUDA graphs overwrite gradients accumulated across micro-batches (pytorch issue 169545): the
+    combination is an error on a GPU, before anything trains. On a CPU those modes capture no graphs."""
+    from tinyllm.errors import UserError
+    from tinyllm.train import check_cuda_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    graphs = {"compile": True, "compile_mode": "reduce-overhead"}
+    with pytest.raises(UserError, match="--grad_accum_steps 2.*--compile_mode default"):
+        check_cuda_graphs(Config(**graphs, grad_accum_steps=2), cuda, ddp=False)
+    with pytest.raises(UserError, match="DDP"):
+        check_cuda_graphs(Config(**graphs | {"compile_mode": "max-autotune"}), cuda, ddp=True)
+    check_cuda_graphs(Config(**graphs, grad_accum_steps=2), cpu, ddp=True)
+    check_cuda_graphs(Config(**graphs | {"compile": False}, grad_accum_steps=2), cuda, ddp=True)
+    check_cuda_graphs(Config(compile=True, compile_mode="max-autotune-no-cudagraphs", grad_accum_steps=2), cuda,
+                      ddp=True)
+    check_cuda_graphs(Config(**graphs), cuda, ddp=False)
+
+
+def test_compile_mode_with_another_backend_is_an_error_that_writes_nothing(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(corpus, out, "--compile", "--compile_backend", "aot_eager", "--compile_mode", "reduce-overhead") == 2
+    assert "--compile_backend inductor" in capsys.readouterr().err
+    assert {f.name for f in out.iterdir()} <= {".lock"}  # no config, log or checkpoint
+
+
+def test_reduce_overhead_compiles_and_trains_on_cpu(corpus, tmp_path):
+    """On a CPU, reduce-overhead is inductor's default code (no CUDA graphs there): it must still compile and
+    train as eager does, so one preset serves both devices."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--compile_mode", "reduce-overhead"])):
+        assert train(corpus, tmp_path / name, "--max_steps", "4", "--eval_interval", "0", *extra) == 0
+        runs[name] = [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+    log = (tmp_path / "compiled" / "train.log").read_text()
+    assert "compile: inductor (reduce-overhead)" in log and "--compile (inductor) failed" not in log
+    assert runs["compiled"] == pytest.approx(runs["eager"], abs=2e-3)
+
+
+def test_tf32_is_set_on_cuda_only_and_both_ways(monkeypatch):
+    matmul = torch.backends.cuda.matmul
+    monkeypatch.setattr(matmul, "fp32_precision", matmul.fp32_precision)  # restored afterwards
+    on = P.choose_precision(torch.device("cuda"), amp=False, tf32=True)
+    assert matmul.fp32_precision == "tf32" and "TF32" in on.describe()
+    off = P.choose_precision(torch.device("cuda"), amp=False, tf32=False)
+    assert matmul.fp32_precision == "ieee" and "TF32" not in off.describe()
+    matmul.fp32_precision = "tf32"
+    assert "TF32" not in P.choose_precision(torch.device("cpu"), amp=False, tf32=True).describe()
+    assert matmul.fp32_precision == "tf32"  # a CPU run leaves the CUDA setting alone
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_and_tf32_on_cuda_match_eager(corpus, tmp_path):
+    runs = {}
+    for name, extra in (("eager", []), ("graphs", ["--compile", "--compile_mode", "reduce-overhead"]),
+                        ("tf32", ["--tf32"])):
+        assert train(corpus, tmp_path / name, "--device", "cuda", "--max_steps", "10", "--eval_interval", "5",
+                     *extra) == 0
+        runs[name] = [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl") if "loss" in r]
+        assert "--compile (inductor) failed" not in (tmp_path / name / "train.log").read_text()
+    assert runs["graphs"] == pytest.approx(runs["eager"], abs=2e-3)
+    assert runs["tf32"] == pytest.approx(runs["eager"], abs=2e-2)

@@ -21,6 +21,8 @@ GROUPS = ("data", "model", "training", "optimizer", "schedule", "eval", "generat
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "tiny_char_gpt.json"
+# torch.compile modes that capture CUDA graphs (torch._inductor.list_mode_options(): triton.cudagraphs)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def opt(
@@ -132,6 +134,15 @@ class Config:
                         "first step, where it compiles, is not counted as training time.", "training")
     compile_backend: str = opt("inductor", "torch.compile backend: inductor, aot_eager, eager or any registered "
                                "backend name.", "training")
+    compile_mode: str = opt("default", "torch.compile mode (inductor): default; reduce-overhead replays the "
+                            "forward and backward as CUDA graphs, one launch each, for small models that a GPU "
+                            "runs faster than Python can launch their kernels (CUDA only; not with "
+                            "--grad_accum_steps > 1 or DDP); max-autotune and max-autotune-no-cudagraphs also "
+                            "search kernel configurations (a longer compile).", "training",
+                            choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    tf32: bool = opt(False, "On CUDA GPUs with TF32 (Ampere and newer), fp32 matmuls run on the tensor cores "
+                     "with a 10-bit mantissa: several times the fp32 speed, for runs without --amp. No effect "
+                     "elsewhere.", "training")
     label_smoothing: float = opt(0.0, "Label smoothing of the training cross-entropy.", "training", min=0.0,
                                  max=0.99)
     z_loss: float = opt(0.0, "Coefficient of the z-loss, coef x mean(logsumexp(logits)^2), which keeps the "

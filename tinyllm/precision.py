@@ -140,7 +140,29 @@ class Precision:
         return what + (f"; {self.note}" if self.note else "")
 
 
-def choose_precision(device: torch.device, amp: bool, warn: Callable[[str], None] = print) -> Precision:
+def set_tf32(device: torch.device, on: bool) -> bool:
+    """Let fp32 matmuls on a CUDA device use TF32 tensor cores (or not: torch's default). Set both ways, so a
+    process that trains twice (tests, the GUI) does not carry one run's choice into the next. Returns whether
+    TF32 is now on for this device."""
+    if device.type != "cuda":
+        return False
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; allow_tf32 is the older spelling
+        matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        matmul.allow_tf32 = on
+    return on
+
+
+def choose_precision(device: torch.device, amp: bool, warn: Callable[[str], None] = print,
+                     tf32: bool = False) -> Precision:
+    chosen = _choose_dtype(device, amp, warn)
+    if set_tf32(device, tf32):
+        chosen.note = "; ".join(filter(None, [chosen.note, "TF32 for fp32 matmuls"]))
+    return chosen
+
+
+def _choose_dtype(device: torch.device, amp: bool, warn: Callable[[str], None]) -> Precision:
     if not amp:
         return Precision(device, torch.float32)
     if device.type == "cuda":

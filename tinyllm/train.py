@@ -28,7 +28,7 @@ import torch
 from tinyllm import checkpoint as ckpt_io
 from tinyllm import distributed, tensorboard
 from tinyllm.batches import curriculum_block_size, make_train_sampler, to_device
-from tinyllm.config import Config, save_json
+from tinyllm.config import CUDA_GRAPH_MODES, Config, save_json
 from tinyllm.data import prepare
 from tinyllm.device import resolve_device
 from tinyllm.ema import EMA
@@ -77,14 +77,32 @@ def forward_backward(model: torch.nn.Module, batches: list[tuple[torch.Tensor, t
     return ce_sum / n, (None if z_sum is None else z_sum / n)
 
 
-def compile_model(model: torch.nn.Module, backend: str) -> torch.nn.Module:
+def compile_model(model: torch.nn.Module, backend: str, mode: str = "default") -> torch.nn.Module:
     import torch._dynamo
 
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
         raise UserError(f"--compile_backend '{backend}' is not a registered backend; use one of {', '.join(known)}")
+    if mode != "default" and backend != "inductor":
+        raise UserError(f"--compile_mode {mode} is a mode of the inductor backend; use --compile_backend inductor "
+                        "or --compile_mode default")
     separate_compile_cache()
-    return torch.compile(model, backend=backend)
+    return torch.compile(model, backend=backend, **({} if mode == "default" else {"mode": mode}))
+
+
+def check_cuda_graphs(cfg: Config, device: torch.device, ddp: bool) -> None:
+    """Refuse what torch's CUDA graphs (--compile_mode reduce-overhead / max-autotune on a GPU) get wrong:
+    a replay overwrites the gradients that the previous micro-batch left in .grad (pytorch issue 169545),
+    and DDP's gradient hooks run outside the graphs. On a CPU those modes capture no graphs, so they pass."""
+    if not (cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"):
+        return
+    fix = "use --compile_mode default or max-autotune-no-cudagraphs"
+    if cfg.grad_accum_steps > 1:
+        raise UserError(f"--compile_mode {cfg.compile_mode} captures CUDA graphs, which overwrite the gradients "
+                        f"accumulated over --grad_accum_steps {cfg.grad_accum_steps}; {fix}, or --grad_accum_steps 1")
+    if ddp:
+        raise UserError(f"--compile_mode {cfg.compile_mode} captures CUDA graphs, which DDP's gradient "
+                        f"all-reduce does not run inside; {fix} with --ddp")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -144,7 +162,7 @@ class Trainer:
                init: Source | None) -> None:
         train_ids = self.eval_splits["train"]
         self.log = RunLog(None, quiet=not dist.is_main)
-        self.precision = choose_precision(self.device, cfg.amp, warn=self.log)
+        self.precision = choose_precision(self.device, cfg.amp, warn=self.log, tf32=cfg.tf32)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         # The model's vocabulary is the tokenizer's, except where an imported model's embedding is larger
         # (padded, as many Hugging Face models are): the source's or the checkpoint's own size then.
@@ -161,7 +179,9 @@ class Trainer:
         # device (see train_step), which removes the per-step host sync. DDP needs every rank's verdict.
         self.skips_on_device = (getattr(self.optimizer, "_step_supports_amp_scaling", False)
                                 and self.precision.scaler is None and not dist.enabled)
-        self.fwd_model = self._wrap(compile_model(self.model, cfg.compile_backend) if cfg.compile else self.model)
+        check_cuda_graphs(cfg, self.device, dist.enabled)
+        self.fwd_model = self._wrap(compile_model(self.model, cfg.compile_backend, cfg.compile_mode)
+                                    if cfg.compile else self.model)
         # Different data on every rank: the sampler's seed is offset by the rank.
         self.sampler = make_train_sampler(train_ids, cfg, cfg.seed + dist.rank, self.device)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
@@ -315,7 +335,8 @@ class Trainer:
                  f"device {self.device}" + (f" | {cpu_description()}" if self.device.type == "cpu" else "")
                  + (f" | DDP {d.world_size} processes ({d.backend})" if d.enabled else ""))
         self.log(f"precision: {self.precision.describe()} | optimizer: {cfg.optimizer} | schedule: {cfg.lr_schedule}"
-                 + (f" | compile: {cfg.compile_backend}" if cfg.compile else ""))
+                 + (f" | compile: {cfg.compile_backend}" if cfg.compile else "")
+                 + (f" ({cfg.compile_mode})" if cfg.compile and cfg.compile_mode != "default" else ""))
         train_ids, val_ids = self.eval_splits["train"], self.eval_splits["val"]
         self.log(f"data: {cfg.data_path} -> {len(train_ids):,} train / {len(val_ids):,} val tokens | effective "
                  f"batch {cfg.batch_size} x {cfg.grad_accum_steps} accum x {d.world_size} process"
