@@ -25,12 +25,14 @@ class BaselineConfig:
     n_embd: int = 384
     block_size: int = 256
     tie_weights: bool = False  # nanoGPT ties the head to the token embedding; tinyllm's default does not
+    dropout: float = 0.0  # where nanoGPT has it: embeddings, attention weights, each residual branch
 
 
 class Block(nn.Module):
     def __init__(self, c: BaselineConfig):
         super().__init__()
-        self.n_head = c.n_head
+        self.n_head, self.dropout = c.n_head, c.dropout
+        self.drop = nn.Dropout(c.dropout)
         self.ln1, self.ln2 = nn.LayerNorm(c.n_embd), nn.LayerNorm(c.n_embd)
         self.qkv, self.attn_out = nn.Linear(c.n_embd, 3 * c.n_embd), nn.Linear(c.n_embd, c.n_embd)
         self.fc, self.mlp_out = nn.Linear(c.n_embd, 4 * c.n_embd), nn.Linear(4 * c.n_embd, c.n_embd)
@@ -39,9 +41,9 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.attn_out(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp_out(F.gelu(self.fc(self.ln2(x))))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.attn_out(y.transpose(1, 2).reshape(B, T, C)))
+        return x + self.drop(self.mlp_out(F.gelu(self.fc(self.ln2(x)))))
 
 
 class GPT(nn.Module):
@@ -50,6 +52,7 @@ class GPT(nn.Module):
         self.tok, self.pos = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         self.ln_f, self.head = nn.LayerNorm(c.n_embd), nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.drop = nn.Dropout(c.dropout)
         if c.tie_weights:
             self.head.weight = self.tok.weight
         for name, p in self.named_parameters():  # GPT-2 initialisation
@@ -60,7 +63,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        x = self.drop(self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device)))
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.ln_f(x))

@@ -9,7 +9,9 @@ default (GPT-2 architecture, tinyllm's defaults), on the characters of data/tiny
 - baseline fp32: benchmarks/baseline.py, what one would write by hand;
 - tinyllm fp32: tinyllm's Trainer.train_step, everything fp32;
 - tinyllm --amp: the same with --amp (bf16 autocast where the device computes bf16 natively, else fp32);
-- with --compile, also tinyllm --amp --compile.
+- with --compile, also tinyllm --amp --compile;
+- on a CUDA GPU also tinyllm fp32 --tf32 and, with --compile, --amp --compile --compile_mode reduce-overhead
+  (the step's forward and backward replayed as CUDA graphs).
 
 Timing interleaves the rows: each round runs --steps steps of every row in turn, so load from elsewhere on
 the machine hits them alike; the median over --rounds rounds is reported, with the best beside it. Ratios are
@@ -36,12 +38,18 @@ import common  # noqa: E402
 from baseline import GPT as BaselineGPT  # noqa: E402
 from baseline import BaselineConfig, BaselineTrainer  # noqa: E402
 
+from tinyllm.device import resolve_device  # noqa: E402
+from tinyllm.precision import set_tf32  # noqa: E402
+
 ROWS = {
     "baseline_fp32": "baseline (plain PyTorch, fp32)",
     "tinyllm_fp32": "tinyllm fp32",
     "tinyllm_amp": "tinyllm --amp",
     "tinyllm_amp_compile": "tinyllm --amp --compile",
+    "tinyllm_fp32_tf32": "tinyllm fp32 --tf32",
+    "tinyllm_amp_compile_graphs": "tinyllm --amp --compile (reduce-overhead)",
 }
+CUDA_ONLY = ("tinyllm_fp32_tf32", "tinyllm_amp_compile_graphs")  # elsewhere the same as another row
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "batch_size": 4, "steps": 2, "rounds": 1,
         "warmup": 1, "matmul_n": 256}
 
@@ -59,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--matmul_n", type=int, default=2048, help="size of the matmuls that measure the peak")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
-    p.add_argument("--compile", action="store_true", help="add a row for tinyllm --amp --compile")
+    p.add_argument("--compile", action="store_true", help="add the compiled rows (tinyllm --amp --compile, and on CUDA "
+                   "its CUDA-graph mode)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the per-row peak-memory processes")
     p.add_argument("--data_path", default=str(common.REPO / "data" / "tiny_corpus.txt"))
@@ -73,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def row_names(compiled: bool, on_cuda: bool) -> list[str]:
+    return [n for n in ROWS if (compiled or "compile" not in n) and (on_cuda or n not in CUDA_ONLY)]
+
+
 class Row:
     """One configuration: its runner(n) -> seconds, model, compute dtype and how to clean up."""
 
@@ -81,11 +94,11 @@ class Row:
         cfg_values = {"n_layer": a.n_layer, "n_head": a.n_head, "n_embd": a.n_embd, "block_size": a.block_size,
                       "batch_size": a.batch_size, "data_path": a.data_path, "device": a.device, "eval_interval": 0,
                       "dropout": 0.0, "out_dir": str(tmp / name), "amp": "amp" in name,
-                      "compile": "compile" in name}
+                      "compile": "compile" in name, "tf32": "tf32" in name,
+                      "compile_mode": "reduce-overhead" if "graphs" in name else "default"}
         cfg = common.tinyllm_config(cfg_values)
         if name == "baseline_fp32":
             from tinyllm.data import prepare
-            from tinyllm.device import resolve_device
 
             self.device = resolve_device(cfg.device)
             tokenizer, train_ids, _, _ = prepare(cfg, None)  # the same characters, the same token ids
@@ -95,13 +108,19 @@ class Row:
             bt = BaselineTrainer(self.model, train_ids.long().to(self.device), a.block_size, a.batch_size, lr=cfg.lr,
                                  min_lr=cfg.lr_min, warmup=cfg.lr_warmup_steps, decay_steps=cfg.max_steps)
             self.trainer, self.dtype = None, "fp32"
-            self.run = _baseline_runner(bt, self.device)
+            run = _baseline_runner(bt, self.device)
         else:
             self.trainer = common.tinyllm_trainer(cfg)
             self.device = self.trainer.device
             self.model = self.trainer.model
-            self.dtype = self.trainer.precision.name
-            self.run = common.tinyllm_step_runner(self.trainer)
+            self.dtype = "tf32" if cfg.tf32 and self.device.type == "cuda" else self.trainer.precision.name
+            run = common.tinyllm_step_runner(self.trainer)
+
+        def run_own_tf32(n: int) -> float:  # TF32 is process-wide: each row sets its own before its steps
+            set_tf32(self.device, cfg.tf32)
+            return run(n)
+
+        self.run = run_own_tf32
 
     def close(self) -> None:
         if self.trainer is not None:
@@ -150,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         memory_probe(a)
         return {}
     load_start = common.load_average()  # before anything of ours runs
-    names = [n for n in ROWS if a.compile or "compile" not in n]
+    names = row_names(a.compile, resolve_device(a.device).type == "cuda")
     # Memory first, each row in its own fresh process, while this one is still small.
     memory = {n: probe_memory(n, pass_through(a)) for n in names} if a.memory else {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,9 +35,11 @@ import common  # noqa: E402
 from baseline import GPT as BaselineGPT  # noqa: E402
 from baseline import BaselineConfig, BaselineTrainer  # noqa: E402
 
+from tinyllm.device import resolve_device  # noqa: E402
+
 PRESET = common.REPO / "config" / "shakespeare_char_cpu_sprint.json"
 BABY = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "lr": 1e-3, "min_lr": 1e-4,
-        "warmup": 100, "decay_steps": 2000}
+        "warmup": 100, "decay_steps": 2000, "dropout": 0.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override preset settings for tinyllm (e.g. --set max_steps=900 optimizer=adamw)")
     p.add_argument("--baby", nargs="*", default=[], metavar="KEY=VALUE", help="override baseline settings")
+    p.add_argument("--baseline_device", default="cpu",
+                   help="where the baseline trains: cpu (the CPU comparison), or cuda / auto beside a GPU preset")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--json", default="", help="also write the results to this file")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)  # internal: one run, in a process of its own
@@ -72,12 +76,13 @@ def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, 
     tokenizer, train_ids, val_ids, _ = prepare(cfg, None)
     torch.manual_seed(seed)
     bc = BaselineConfig(tokenizer.vocab_size, hp["n_layer"], hp["n_head"], hp["n_embd"], hp["block_size"],
-                        tie_weights=True)
-    model = BaselineGPT(bc)
-    bt = BaselineTrainer(model, train_ids.long(), hp["block_size"], hp["batch_size"], lr=hp["lr"],
+                        tie_weights=True, dropout=hp["dropout"])
+    device = resolve_device(a.baseline_device)
+    model = BaselineGPT(bc).to(device)
+    bt = BaselineTrainer(model, train_ids.long().to(device), hp["block_size"], hp["batch_size"], lr=hp["lr"],
                          min_lr=hp["min_lr"], warmup=hp["warmup"], decay_steps=hp["decay_steps"], seed=seed)
     iters = eval_iters_for(a.eval_tokens, hp["batch_size"], hp["block_size"])
-    val = val_ids.long()
+    val = val_ids.long().to(device)
     curve, train_s, reached = [], 0.0, None
     loss = math.inf
     while train_s < a.time_cap:
@@ -86,6 +91,7 @@ def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, 
         t0 = time.perf_counter()
         for _ in range(every):
             bt.step()
+        common.sync(device)
         train_s += time.perf_counter() - t0
         loss = bt.evaluate(val, iters, hp["batch_size"], seed=10_000)
         curve.append({"step": bt.it, "train_s": round(train_s, 2), "val_loss": round(loss, 4)})
@@ -93,8 +99,8 @@ def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, 
         if loss <= a.target:
             reached = curve[-1]
             break
-    return {"settings": hp, "params": sum(p.numel() for p in model.parameters()), "eval_iters": iters,
-            "curve": curve, "reached": reached, "final": curve[-1] if curve else None}
+    return {"settings": hp | {"device": str(device)}, "params": sum(p.numel() for p in model.parameters()),
+            "eval_iters": iters, "curve": curve, "reached": reached, "final": curve[-1] if curve else None}
 
 
 def run_tinyllm(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, Any]:
@@ -158,9 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return r
     if not Path(a.data_path).is_file():
         raise SystemExit(f"error: --data_path {a.data_path} not found (tinyshakespeare lives in ../shared/data)")
-    from tinyllm.device import resolve_device
-
-    # the device tinyllm's runs use (the preset's, "auto" = a GPU where there is one); the baseline runs on the CPU
+    # the device tinyllm's runs use (the preset's, "auto" = a GPU where there is one); the baseline's is
+    # --baseline_device
     tinyllm_cfg = common.tinyllm_config({"data_path": a.data_path, "out_dir": "unused"} | common.parse_sets(a.set),
                                         a.preset)
     m = common.machine(resolve_device(tinyllm_cfg.device))

@@ -42,7 +42,7 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 from tinyllm.precision import CAPABILITY_SWITCHES as CAPABILITY_ENV  # noqa: E402
 
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --- the machine ----------------------------------------------------------------------------------------
@@ -121,7 +121,15 @@ def measure_peak_flops(dtype: torch.dtype, device: torch.device, n: int = 2048, 
 
 
 def measure_peaks(device: torch.device, dtypes: Sequence[str] = ("fp32", "bf16"), n: int = 2048) -> dict[str, float]:
-    return {name: measure_peak_flops(DTYPES[name], device, n) for name in dtypes}
+    """Peaks by compute name; "tf32" is fp32 with TF32 matmuls (CUDA), every other one with TF32 off."""
+    from tinyllm.precision import set_tf32
+
+    peaks = {}
+    for name in dtypes:
+        set_tf32(device, name == "tf32")
+        peaks[name] = measure_peak_flops(DTYPES[name], device, n)
+    set_tf32(device, False)
+    return peaks
 
 
 # --- FLOPs and MFU --------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ untimed warmup steps, then profiles --steps steps and prints two tables: the top
 time, and the step split into the phases the loop calls (forward and loss, backward, optimizer, the
 rest: clipping, the finite check, data). The phase split comes from record_function ranges put around the
 Trainer's own calls from here, so the training code carries nothing for it. Figures are per step and name the CPU.
+
+On a CUDA device (`--set device=cuda`, or a GPU preset) it also profiles the GPU and prints the top kernels by
+GPU time and how busy the GPU was: a step whose kernels add up to much less than its wall time is bound by
+launching them (the case for CUDA graphs, --compile_mode reduce-overhead), not by the GPU's arithmetic.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--top", type=int, default=15, help="operators to list")
+    p.add_argument("--json", default="", help="also write the results to this file")
     return p.parse_args(argv)
 
 
@@ -84,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run = common.tinyllm_step_runner(trainer)
         run(a.warmup)
         t0 = time.perf_counter()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        on_cuda = trainer.device.type == "cuda"
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_cuda else [])
+        with torch.profiler.profile(activities=activities) as prof:
             run(a.steps)
         wall_ms = (time.perf_counter() - t0) * 1000 / a.steps
         trainer.close()
@@ -103,8 +110,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nphases (ms per step):")
     print(common.table(["phase", "ms/step", "share of step"],
                        [[k, f"{v:.1f}", f"{100 * v / wall_ms:.0f}%"] for k, v in phases.items()]))
-    return {"machine": m, "ms_per_step": wall_ms, "phases": phases,
-            "top": [{"op": r[0], "calls": r[1], "self_ms": float(r[2])} for r in rows]}
+    result = {"machine": m, "ms_per_step": wall_ms, "phases": phases,
+              "top": [{"op": r[0], "calls": r[1], "self_ms": float(r[2])} for r in rows]}
+    if on_cuda:
+        result |= gpu_tables(events, a.steps, a.top, wall_ms)
+    common.write_json(result, a.json)
+    return result
+
+
+def gpu_tables(events: Any, steps: int, top: int, wall_ms: float) -> dict[str, Any]:
+    """The kernels by GPU time, and the GPU's busy share of the step's wall time. Only the kernels' own events
+    count: the CPU operators that launched them carry the same GPU time again (as torch's own table knows)."""
+    from torch.autograd import DeviceType
+
+    kernels = (e for e in events if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0)
+    gpu = sorted(kernels, key=lambda e: -e.self_device_time_total)
+    busy_ms = sum(e.self_device_time_total for e in gpu) / steps / 1000
+    rows = [[e.key[:60], e.count // steps, f"{e.self_device_time_total / steps / 1000:.3f}",
+             f"{100 * e.self_device_time_total / steps / 1000 / busy_ms:.1f}%"] for e in gpu[:top]]
+    launches = sum(e.count for e in gpu) / steps
+    print(f"\nGPU: {busy_ms:.1f} ms of kernels per {wall_ms:.1f} ms step ({100 * busy_ms / wall_ms:.0f}% busy), "
+          f"{launches:.0f} kernels per step; top kernels by GPU time:")
+    print(common.table(["kernel / operator", "calls/step", "GPU ms/step", "share of GPU time"], rows))
+    return {"gpu_busy_ms": busy_ms, "gpu_kernels_per_step": launches,
+            "gpu_top": [{"op": r[0], "calls": r[1], "gpu_ms": float(r[2])} for r in rows]}
 
 
 if __name__ == "__main__":

@@ -68,6 +68,25 @@ def test_baseline_learns():
     assert bt.evaluate(data, 2, 8) < 0.5 * before
 
 
+def test_baseline_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 7, (2, 16))
+    for p, differs in ((0.0, False), (0.3, True)):
+        model = baseline.GPT(baseline.BaselineConfig(7, 1, 2, 32, 16, dropout=p))
+        model.train()
+        a, b = model(idx, idx), model(idx, idx)
+        assert (not torch.equal(a, b)) == differs
+        model.eval()
+        assert torch.equal(model(idx, idx), model(idx, idx))
+
+
+def test_throughput_rows_by_device():
+    assert bench_throughput.row_names(False, False) == ["baseline_fp32", "tinyllm_fp32", "tinyllm_amp"]
+    assert "tinyllm_amp_compile_graphs" not in bench_throughput.row_names(True, False)  # no CUDA graphs on a CPU
+    assert set(bench_throughput.row_names(True, True)) == set(bench_throughput.ROWS)
+    assert "tinyllm_fp32_tf32" in bench_throughput.row_names(False, True)
+
+
 def test_peak_matmul_is_measured():
     flops = common.measure_peak_flops(torch.float32, torch.device("cpu"), n=128, repeats=2)
     assert 1e6 < flops < 1e15
@@ -99,8 +118,9 @@ def test_time_to_loss_smoke(tmp_path: Path, corpus: Path):
     res = bench_time_to_loss.main([
         "--data_path", str(corpus), "--target", "50", "--time_cap", "30", "--eval_tokens", "512",
         "--baseline_eval_interval", "5", "--threads", "1", "--json", str(out),
-        "--set", *tiny, "max_steps=40", "eval_interval=5", "--baby", *tiny])
+        "--set", *tiny, "max_steps=40", "eval_interval=5", "--baby", *tiny, "dropout=0.1"])
     runs = {r["run"]: r for r in res["runs"]}
+    assert runs["baseline"]["settings"] | {"dropout": 0.1, "device": "cpu"} == runs["baseline"]["settings"]
     # A target met at the first evaluation: both report it there, and tinyllm's loop stops at it. (The
     # baseline evaluates every 5 x 5 steps while it is far from the target.)
     assert runs["baseline"]["reached"]["step"] == 25
@@ -180,21 +200,38 @@ def test_muon_ns_dtype_override_is_used():
     assert not torch.equal(a, b) and torch.allclose(a, b, atol=0.05)
 
 
-def test_gpu_script_passes_only_flags_the_benchmarks_know():
-    # benchmarks/gpu.sh needs a GPU, so it cannot be smoke-run here; its arguments are checked instead
-    import re
+def gpu_script_calls(out: Path, *parts: str) -> list[tuple[str, list[str]]]:
+    """benchmarks/gpu.sh's commands, as its DRY_RUN=1 prints them: (script, arguments)."""
+    import os
     import shlex
+    import subprocess
 
-    text = (BENCH / "gpu.sh").read_text().replace("\\\n", " ")
-    calls = re.findall(r'^"\$PY" benchmarks/(\w+)\.py (.*?) \|\| status=1$', text, flags=re.M)
-    assert [name for name, _ in calls] == ["bench_throughput", "bench_throughput", "bench_time_to_loss",
-                                           "bench_generate"]
+    run = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(out), *parts], capture_output=True, text=True,
+                         env=os.environ | {"DRY_RUN": "1"}, check=True)
+    lines = [shlex.split(line[3:]) for line in run.stdout.splitlines() if line.startswith("== ")]
+    return [(Path(words[0]).stem, words[1:]) for words in lines]
+
+
+def test_gpu_script_passes_only_flags_and_settings_the_benchmarks_know(tmp_path: Path):
+    # benchmarks/gpu.sh needs a GPU, so it cannot be smoke-run here; its commands are checked instead
+    calls = gpu_script_calls(tmp_path)
+    assert [name for name, _ in calls] == ["bench_throughput", *["profile_step"] * 3, *["bench_time_to_loss"] * 4,
+                                           "bench_throughput", "bench_generate"]
     modules = {"bench_throughput": bench_throughput, "bench_time_to_loss": bench_time_to_loss,
-               "bench_generate": bench_generate}
-    parsed = [modules[name].parse_args(shlex.split(args.replace("$OUT", "/tmp/results"))) for name, args in calls]
-    assert all(a.json.startswith("/tmp/results/") for a in parsed)  # parse_args exits on an unknown flag
-    for preset in (parsed[2].preset, parsed[3].config):  # the script runs from the repository root
-        C.validate(C.from_dict(C.load_json(BENCH.parent / preset)))
+               "bench_generate": bench_generate, "profile_step": profile_step}
+    jsons = []
+    for name, args in calls:
+        a = modules[name].parse_args(args)  # exits on an unknown flag
+        jsons.append(a.json)
+        preset = getattr(a, "preset", None) or getattr(a, "config", None)
+        if preset:  # the script runs from the repository root; every --set must be a valid setting there
+            common.tinyllm_config({"out_dir": "unused"} | common.parse_sets(getattr(a, "set", [])),
+                                  BENCH.parent / preset)
+        assert set(common.parse_sets(getattr(a, "baby", []))) <= set(bench_time_to_loss.BABY)
+    assert len(set(jsons)) == len(jsons) and all(Path(j).parent == tmp_path for j in jsons)
+    # a part alone runs that part alone
+    assert [(n, a[a.index("--runs") + 1]) for n, a in gpu_script_calls(tmp_path, "baseline")] == [
+        ("bench_time_to_loss", "baseline")]
 
 
 def test_data_smoke(tmp_path: Path, corpus: Path):
@@ -219,3 +256,23 @@ def test_profile_step_splits_the_step_into_phases(corpus: Path):
     assert phases["optimizer step"] > 0
     assert phases["forward + loss + backward"] + phases["optimizer step"] <= res["ms_per_step"] * 1.05
     assert res["top"] and all(r["self_ms"] >= 0 for r in res["top"])
+
+
+def test_profile_gpu_table_measures_busy_share_and_launches():
+    """The GPU table's arithmetic, on made-up events: 2 steps, kernels of 3 ms and 1 ms (per step 1.5 + 0.5)
+    in a 4 ms step: 2 ms busy = 50%, 3 kernels a step. The CPU operator that launched a kernel carries its GPU
+    time too: counted, the GPU would seem busier than it was."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    kernel, cpu_op = partial(SimpleNamespace, device_type=DeviceType.CUDA), partial(SimpleNamespace,
+                                                                                   device_type=DeviceType.CPU)
+    events = [kernel(key="gemm", count=4, self_device_time_total=3000.0),
+              kernel(key="elementwise", count=2, self_device_time_total=1000.0),
+              cpu_op(key="aten::mm", count=4, self_device_time_total=3000.0),
+              cpu_op(key="aten::add", count=8, self_device_time_total=0.0)]
+    res = profile_step.gpu_tables(events, steps=2, top=5, wall_ms=4.0)
+    assert res["gpu_busy_ms"] == 2.0 and res["gpu_kernels_per_step"] == 3
+    assert [(r["op"], r["calls"], r["gpu_ms"]) for r in res["gpu_top"]] == [("gemm", 2, 1.5), ("elementwise", 1, 0.5)]
