@@ -79,6 +79,26 @@ def test_muons_adamw_groups_step_exactly_as_torch_adamw():
     assert not torch.equal(mine.detach(), w)
 
 
+def test_muons_adamw_group_steps_many_tensors_at_once_as_torch_adamw():
+    """The group's tensors are updated together (foreach); a tensor that had no gradient at some step keeps its
+    own step count and bias correction, as in torch's AdamW."""
+    torch.manual_seed(0)
+    start = [torch.randn(s) for s in [(5, 3), (7,), (2, 2, 2)]]
+    mine = [torch.nn.Parameter(w.clone()) for w in start]
+    ref = [torch.nn.Parameter(w.clone()) for w in start]
+    opt = Muon([{"params": mine, "use_muon": False, "lr": 0.01, "weight_decay": 0.1}], betas=(0.9, 0.95))
+    torch_opt = torch.optim.AdamW(ref, lr=0.01, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False)
+    for step in range(6):
+        for i, (a, b) in enumerate(zip(mine, ref, strict=True)):
+            g = None if (i == 1 and step in (1, 2)) else torch.randn_like(a)
+            a.grad, b.grad = (None, None) if g is None else (g.clone(), g.clone())
+        opt.step()
+        torch_opt.step()
+    assert [opt.state[p]["step"] for p in mine] == [6, 4, 6]
+    for a, b in zip(mine, ref, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-5)
+
+
 def test_muon_steps_matrices_of_one_shape_together_as_one_by_one():
     torch.manual_seed(0)
     shapes = [(8, 4), (8, 4), (4, 8)]

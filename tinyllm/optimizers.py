@@ -121,7 +121,7 @@ class Muon(torch.optim.Optimizer):
                 bufs.append(state["momentum_buffer"])
             grads = [p.grad for p in ps]
             torch._foreach_lerp_(bufs, grads, 1 - mu)  # buf = mu*buf + (1-mu)*g
-            nesterov = torch.stack([torch.lerp(g, b, mu) for g, b in zip(grads, bufs, strict=True)])
+            nesterov = torch.stack(torch._foreach_lerp(grads, bufs, mu))
             update = newton_schulz(nesterov, group["ns_steps"], self.ns_dtype or ns_dtype(device))
             # Orthogonal updates have unit singular values; scale tall matrices up so the per-element step
             # size does not shrink with the aspect ratio.
@@ -131,8 +131,12 @@ class Muon(torch.optim.Optimizer):
             torch._foreach_add_(ps, list(update.unbind(0)), alpha=-lr * scale)
 
     def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
+        """AdamW with foreach ops: a handful of kernel launches for the whole group instead of seven per tensor,
+        which counts on a GPU where a small model's step is bound by launches (the same arithmetic, in the same
+        order, as the per-tensor update)."""
         beta1, beta2 = group["betas"]
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        by_step: dict[int, list[torch.Tensor]] = defaultdict(list)
         for p in params:
             state = self.state[p]
             if not state:
@@ -140,14 +144,20 @@ class Muon(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            step = state["step"]
-            m, v = state["exp_avg"], state["exp_avg_sq"]
+            by_step[state["step"]].append(p)  # one group in practice; a parameter added later counts its own steps
+        for step, ps in by_step.items():
+            grads = [p.grad for p in ps]
+            ms = [self.state[p]["exp_avg"] for p in ps]
+            vs = [self.state[p]["exp_avg_sq"] for p in ps]
             if wd:
-                p.mul_(1 - lr * wd)
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
-            p.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_lerp_(ms, grads, 1 - beta1)
+            torch._foreach_mul_(vs, beta2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1 - beta2)
+            denom = torch._foreach_div(vs, 1 - beta2**step)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(ps, ms, denom, value=-lr / (1 - beta1**step))
 
 
 def muon_param_groups(model: torch.nn.Module, cfg) -> list[dict]:
