@@ -157,6 +157,42 @@ def test_fused_adamw_skips_a_nonfinite_step_on_the_device(corpus, tmp_path, monk
         trainer.close()
 
 
+def test_a_step_that_would_stop_the_run_leaves_its_verdict_on_the_device(corpus, tmp_path):
+    """Any optimizer (Muon here, which cannot skip a step on the device): with --skip_nonfinite off the step is
+    taken and whether it was finite is read back later, so the host does not wait for the device each step.
+    With --skip_nonfinite it must be read before the step, to skip it."""
+    for skip, deferred in ((False, True), (True, False)):
+        trainer = tiny_trainer(corpus, tmp_path / f"run{skip}", optimizer="muon", skip_nonfinite=skip)
+        try:
+            assert not trainer.skips_on_device and trainer.stops_on_nonfinite == deferred
+            finite = trainer.train_step(16)[3]
+            assert isinstance(finite, torch.Tensor) == deferred and bool(finite)
+        finally:
+            trainer.close()
+
+
+def test_a_stop_right_after_a_nonfinite_step_saves_nothing_it_took(corpus, tmp_path, monkeypatch, capsys):
+    """Step 7 is non-finite and, taken (see above), leaves NaN weights; the STOP file arrives in the same step,
+    between boundaries. The end's save reads the verdict first: an error, and the step-5 checkpoint stays."""
+    out = tmp_path / "run"
+    real = train_mod.training_loss
+    calls = {"n": 0}
+
+    def nan_and_stop(logits, targets, *a, **k):
+        calls["n"] += 1
+        ce, z = real(logits, targets, *a, **k)
+        if calls["n"] == 7:
+            (out / "STOP").touch()
+            return ce * float("nan"), z
+        return ce, z
+
+    monkeypatch.setattr(train_mod, "training_loss", nan_and_stop)
+    assert train(corpus, out, "--optimizer", "muon", "--log_interval", "5", "--checkpoint_interval", "5") == 1
+    assert "non-finite loss or gradient at step 7" in capsys.readouterr().err
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] == 5 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
 def test_failed_save_keeps_the_previous_checkpoint(corpus, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     real = ckpt_io.atomic_write_bytes

@@ -201,6 +201,14 @@ class Trainer:
             if cfg.tensorboard and dist.is_main else None
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", append=True, tensorboard=tb) if dist.is_main else None
 
+    @property
+    def stops_on_nonfinite(self) -> bool:
+        """With --skip_nonfinite off a non-finite step ends the run unsaved, so with any optimizer there is
+        nothing to skip: the step is taken and its verdict read back later (before anything is saved or
+        evaluated), and the host need not wait for the device. (DDP ranks must agree at once; the fp16 loss
+        scaler skips steps itself.)"""
+        return not self.cfg.skip_nonfinite and self.precision.scaler is None and not self.dist.enabled
+
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.dist.enabled:
             return model
@@ -269,9 +277,10 @@ class Trainer:
                                      cfg.curriculum_steps)
 
     def train_step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool | torch.Tensor]:
-        """Forward, backward and (if everything is finite) the optimizer step. Returns (ce, z, grad norm,
-        finite); `finite` is a bool, or a 0-dim bool tensor still on the device when the step was skipped
-        (or not) on the device itself (`skips_on_device`): `bool(finite)` reads it back."""
+        """Forward, backward and (if everything is finite, or a non-finite step will end the run) the optimizer
+        step. Returns (ce, z, grad norm, finite); `finite` is a bool, or a 0-dim bool tensor still on the device
+        when the step was skipped (or not) on the device itself (`skips_on_device`) or will stop the run once
+        read (`stops_on_nonfinite`): `bool(finite)` reads it back."""
         cfg = self.cfg
         set_lr(self.optimizer, lr_factor(self.progress.step, cfg, self.progress.time_s))
         self.model.set_layerdrop_step(cfg.seed, self.progress.step)  # blocks skipped: a function of (seed, step)
@@ -298,14 +307,15 @@ class Trainer:
         # A NaN/inf must never reach the weights. (Under fp16 loss scaling, inf gradients are the scaler's
         # business: it skips those steps itself.)
         bad = ce if grad_norm is None or scaler is not None else ce + grad_norm
-        if self.skips_on_device:
+        if self.skips_on_device or self.stops_on_nonfinite:
             finite = torch.isfinite(bad)
-            # The fused AdamW kernel skips the whole update, step count included, where found_inf is 1 (the
-            # hook GradScaler uses), so the host never waits for the device here and stays a step ahead.
-            self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+            if self.skips_on_device:
+                # The fused AdamW kernel skips the whole update, step count included, where found_inf is 1 (the
+                # hook GradScaler uses), so the host never waits for the device here and stays a step ahead.
+                self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
             self.optimizer.step()
             if self.ema is not None:
-                self.ema.update(finite)
+                self.ema.update(finite if self.skips_on_device else None)
             self.optimizer.zero_grad(set_to_none=True)
             return ce, z, grad_norm, finite
         # Elsewhere, the one per-step read-back.
