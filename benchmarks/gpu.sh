@@ -6,6 +6,8 @@
 #     bash benchmarks/gpu.sh "$OUT" baseline                 # about 3 minutes
 #
 # Parts, in the order they run:
+#   tests       the test suite's CUDA tests (CUDA graphs and TF32 against eager, no host sync in a step, inductor,
+#               fp16 loss scaling, pinned batches, NCCL), which skip on machines without a GPU
 #   throughput  nanoGPT's shakespeare-char GPU size (6 layers, 384 wide, block 256, batch 64): the plain PyTorch
 #               baseline, tinyllm fp32, fp32 --tf32, --amp, --amp --compile and --amp --compile with
 #               --compile_mode reduce-overhead (CUDA graphs); MFU against the matmul peak measured on 8192^3
@@ -25,7 +27,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
 shift || true
-PARTS=${*:-throughput profile ttl baseline gpt2 generate}
+PARTS=${*:-tests throughput profile ttl baseline gpt2 generate}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -38,6 +40,8 @@ GRAPHS=(compile=true compile_mode=reduce-overhead)
 CLASSIC=(pos_encoding=learned norm=layernorm mlp=gelu qk_norm=false bias=true weight_tying=false optimizer=adamw
          dropout=0.0 amp=false lr_schedule=cosine weight_decay=0.1)
 
+has tests && run -m pytest -q -rs -p no:cacheprovider -k "cuda or nccl" tests/test_training_options.py \
+    tests/test_safety.py tests/test_batches.py tests/test_distributed.py
 has throughput && run benchmarks/bench_throughput.py --device cuda --batch_size 64 --compile --no-memory \
     --matmul_n 8192 --steps 20 --rounds 5 --json "$OUT/throughput_gpu.json"
 if has profile; then

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO, TINY, run_cli, tiny_trainer
 
@@ -260,3 +261,21 @@ def test_stale_lock_from_a_dead_process_is_ignored(corpus, tmp_path):
     (out / ".lock").write_text(dead.stdout.strip())
     assert train(corpus, out, "--max_steps", "3") == 0
     assert (out / ".lock").read_text() == str(os.getpid())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_on_cuda_never_waits_for_the_device(corpus, tmp_path):
+    """No host sync inside train_step (the loop reads a verdict back once per step, outside it), for fused
+    AdamW and for Muon: torch raises on any synchronising call in this mode."""
+    for optimizer in ("adamw", "muon"):
+        trainer = tiny_trainer(corpus, tmp_path / optimizer, optimizer=optimizer, device="cuda")
+        try:
+            trainer.train_step(16)  # first-step allocations and lazy initialisation
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                finite = trainer.train_step(16)[3]
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert bool(finite)
+        finally:
+            trainer.close()
