@@ -43,12 +43,15 @@ RUNS = {
     # RoPE with q/k norm and ReLU² (the default preset's architecture) -> apertus, ReLU² as its xIELU
     "apertus-char": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2",
                      "--qk_norm", "--no-bias", "--weight_tying", "--n_head", "4", "--n_kv_head", "2"],
+    # RoPE with ReLU² and no q/k norm -> arcee, untied head
+    "arcee-char": ["--tokenizer", "char", "--pos_encoding", "rope", "--norm", "rmsnorm", "--mlp", "relu2",
+                   "--no-qk_norm", "--no-bias", "--n_head", "4", "--n_kv_head", "2", "--rope_theta", "500"],
     # RoPE with q/k norm and SwiGLU -> qwen3
     "qwen3-bpe": ["--tokenizer", "bpe", "--bpe_vocab_size", "300", "--pos_encoding", "rope", "--norm", "rmsnorm",
                   "--mlp", "swiglu", "--qk_norm", "--no-bias"],
 }
 ARCH = {"gpt2-char": "gpt2", "llama-char": "llama", "llama-bpe": "llama", "apertus-char": "apertus",
-        "qwen3-bpe": "qwen3"}
+        "qwen3-bpe": "qwen3", "arcee-char": "arcee"}
 
 
 def export(*args) -> int:
@@ -159,7 +162,7 @@ def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gel
         else:
             q, k, v = lin(h, f"{b}.attn_q"), lin(h, f"{b}.attn_k"), lin(h, f"{b}.attn_v")
         q, k, v = (z.view(T, -1, d).transpose(0, 1) for z in (q, k, v))
-        if arch == "llama":
+        if arch in ("llama", "arcee"):
             q, k = rope_consecutive(q, key("rope.freq_base")), rope_consecutive(k, key("rope.freq_base"))
         if arch in ("apertus", "qwen3"):
             q = F.rms_norm(q, (d,), g[f"{b}.attn_q_norm.weight"], eps)
@@ -172,6 +175,8 @@ def reference_logits(fields: dict, t: dict[str, np.ndarray], ids: list[int], gel
         up = lin(h, f"{b}.ffn_up")
         if arch == "apertus":
             h = xielu(up, fields)
+        elif arch == "arcee":
+            h = F.relu(up).square()
         else:
             h = F.silu(lin(h, f"{b}.ffn_gate")) * up if arch != "gpt2" else F.gelu(up, approximate=gelu)
         x = x + lin(h, f"{b}.ffn_down")
@@ -201,6 +206,9 @@ def perturbed(settings: dict) -> GPT:
      "weight_tying": True, "rope_theta": 100.0},
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "bias": False, "mlp_hidden": 40},
     {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": False, "n_kv_head": 1},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": False, "n_kv_head": 2, "rope_theta": 100.0},
+    {"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2", "bias": False, "weight_tying": True,
+     "mlp_hidden": 40, "norm_eps": 1e-3},
 ])
 def test_gguf_layout_computes_tinyllm_logits(settings, tmp_path):
     model = perturbed(settings)
@@ -257,7 +265,9 @@ BASE = {"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 16, "block_size":
     ({"sliding_window": 8}, "--sliding_window 8"),
     ({"norm": "rmsnorm"}, "--norm rmsnorm"),
     ({"mlp": "swiglu"}, "--mlp swiglu"),
-    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2"}, "--mlp relu2"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "relu2"}, "--bias"),
+    ({"pos_encoding": "rope", "mlp": "relu2", "bias": False}, "--norm layernorm"),
+    ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "gelu", "bias": False}, "--mlp gelu"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, "--bias"),
     ({"pos_encoding": "rope", "norm": "rmsnorm", "mlp": "gelu", "qk_norm": True, "bias": False},
      "--mlp relu2 or swiglu"),
@@ -281,6 +291,7 @@ def test_representable_options_pick_the_architecture():
     apertus = ModelArgs(**BASE, pos_encoding="rope", norm="rmsnorm", mlp="relu2", qk_norm=True, bias=False)
     assert choose_arch(apertus).name == "apertus"
     assert choose_arch(replace(apertus, mlp="swiglu")).name == "qwen3"
+    assert choose_arch(replace(apertus, qk_norm=False, weight_tying=True)).name == "arcee"
 
 
 def test_an_option_unknown_to_the_exporter_is_refused(monkeypatch):

@@ -18,6 +18,8 @@ else is refused with an error naming the option:
   head's q and k, NeoX RoPE (tinyllm's split halves: no permutation) and an ungated MLP whose xIELU activation
   is stored so that it computes relu(x)² (RELU2_AS_XIELU). No biases; its q/k norms use the others' eps.
 * RoPE + RMSNorm + q/k norm + SwiGLU -> `qwen3`: the same layer with llama's gated MLP.
+* RoPE + RMSNorm + ReLU² without q/k norm -> `arcee`: Llama's layer (its RoPE, so q and k permuted as for
+  `llama`) with an ungated relu(x)² MLP. No biases.
 
 Tokenizers:
 
@@ -123,6 +125,7 @@ def rope_pairs_interleaved(t: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
+    """llama (SwiGLU: gate and up) and arcee (ReLU²: up alone), with llama's consecutive-pairs RoPE."""
     yield "token_embd.weight", sd["tok_emb.weight"]
     kv_dim = a.kv_heads * a.head_dim
     for i in range(a.n_layer):
@@ -135,10 +138,11 @@ def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
             yield f"{dst}.attn_k.{part}", rope_pairs_interleaved(k, a.kv_heads)
             yield f"{dst}.attn_v.{part}", v
             yield f"{dst}.attn_output.{part}", sd[f"{src}.attn.proj.{part}"]
-            # SwiGLU's fused matrix holds the gate first, then the up projection: silu(gate) * up.
-            gate, up = sd[f"{src}.mlp.fc.{part}"].chunk(2, dim=0)
-            yield f"{dst}.ffn_gate.{part}", gate
-            yield f"{dst}.ffn_up.{part}", up
+            fc = sd[f"{src}.mlp.fc.{part}"]
+            if a.mlp == "swiglu":  # the fused matrix holds the gate first, then the up projection: silu(gate) * up
+                gate, fc = fc.chunk(2, dim=0)
+                yield f"{dst}.ffn_gate.{part}", gate
+            yield f"{dst}.ffn_up.{part}", fc  # arcee: relu(up)^2, ungated
             yield f"{dst}.ffn_down.{part}", sd[f"{src}.mlp.proj.{part}"]
         yield f"{dst}.ffn_norm.weight", sd[f"{src}.norm2.weight"]
     yield "output_norm.weight", sd["norm_f.weight"]
@@ -218,6 +222,8 @@ def _qk_norm_needs(a: ModelArgs, mlp: str) -> list[tuple[str, Any, Any]]:
 def arch_key(a: ModelArgs) -> str:
     if a.pos_encoding == "rope" and a.qk_norm:
         return "rope+qk_norm+swiglu" if a.mlp == "swiglu" else "rope+qk_norm"
+    if a.pos_encoding == "rope" and a.mlp == "relu2":
+        return "rope+relu2"
     return a.pos_encoding
 ARCHS: dict[str, Arch] = {
     # llama.cpp's gpt2 graph has one GELU, the tanh form: --mlp gelu_tanh exactly, --mlp gelu (erf) within ~1e-3.
@@ -226,6 +232,9 @@ ARCHS: dict[str, Arch] = {
                     gpt2_tensors, gpt2_hparams),
     "rope": Arch("llama", lambda a: [("norm", a.norm, "rmsnorm"), ("mlp", a.mlp, "swiglu")],
                  llama_tensors, llama_hparams),
+    # RoPE with ReLU² and no q/k norm: llama's layer with an ungated relu(x)^2 MLP
+    "rope+relu2": Arch("arcee", lambda a: [("norm", a.norm, "rmsnorm"), ("bias", a.bias, False)],
+                       llama_tensors, llama_hparams),
     # RoPE with q/k norm: the default preset (ReLU²), or SwiGLU
     "rope+qk_norm": Arch("apertus", lambda a: _qk_norm_needs(a, "relu2"), qk_norm_tensors, apertus_hparams,
                          qk_norm=True),
