@@ -135,3 +135,15 @@ def fake_clock(monkeypatch):
     monkeypatch.setattr(T.Trainer, "train_step", timed(T.Trainer.train_step, "step_s"))
     monkeypatch.setattr(T.Trainer, "eval_and_keep_best", timed(T.Trainer.eval_and_keep_best, "eval_s"))
     return clock
+
+
+def greedy_hf(hf, prompt, n: int) -> list[int]:
+    """n greedy tokens from a transformers model, end-of-text or not: transformers fills an unset eos_token_id
+    from the model's own generation config (and would stop there, or with min_new_tokens forbid that token
+    where tinyllm may pick it)."""
+    import transformers
+
+    hf.generation_config.eos_token_id = None
+    gen = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                                        bos_token_id=None, pad_token_id=0)
+    return hf.generate(prompt, generation_config=gen)[0, prompt.shape[1]:].tolist()

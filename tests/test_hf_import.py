@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import CLASSIC, TINY, make_text, run_cli  # noqa: E402
+from conftest import CLASSIC, TINY, greedy_hf, make_text, run_cli  # noqa: E402
 
 from tinyllm.checkpoint import save_checkpoint  # noqa: E402
 from tinyllm.errors import UserError  # noqa: E402
@@ -110,15 +110,6 @@ MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "qwen3": make_qwen3}
 
 def greedy_tinyllm(model: GPT, prompt: torch.Tensor, n: int) -> list[int]:
     return [int(t) for t in torch.cat(list(generate(model, prompt, n, SamplingParams(temperature=0.0))), 1)[0]]
-
-
-def greedy_hf(hf, prompt: torch.Tensor, n: int) -> list[int]:
-    # n tokens, end-of-text or not: transformers fills an unset eos_token_id from the model's own generation
-    # config, and min_new_tokens would then forbid that token where tinyllm may pick it.
-    hf.generation_config.eos_token_id = None
-    gen = transformers.GenerationConfig(do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
-                                        bos_token_id=None, pad_token_id=0)
-    return hf.generate(prompt, generation_config=gen)[0, prompt.shape[1]:].tolist()
 
 
 def logits_diff(model: GPT, hf, x: torch.Tensor) -> float:
