@@ -7,7 +7,8 @@
 #
 # Parts, in the order they run:
 #   tests       the test suite's CUDA tests (CUDA graphs and TF32 against eager, no host sync in a step, inductor,
-#               fp16 loss scaling, pinned batches, NCCL), which skip on machines without a GPU
+#               fp16 loss scaling, pinned batches, NCCL, 8-bit AdamW where bitsandbytes is installed), which skip
+#               on machines without a GPU
 #   throughput  nanoGPT's shakespeare-char GPU size (6 layers, 384 wide, block 256, batch 64): the plain PyTorch
 #               baseline, tinyllm fp32, fp32 --tf32, --amp, --amp --compile and --amp --compile with
 #               --compile_mode reduce-overhead (CUDA graphs); MFU against the matmul peak measured on 8192^3

@@ -101,6 +101,19 @@ def test_ci_runs_the_readme_test_command():
     assert "pip install -q torch==2.13.0" in ci
 
 
+def test_every_extra_the_code_and_docs_name_exists():
+    """A missing optional package's error names the extra to install: it must be one pyproject declares."""
+    pyproject = (REPO / "pyproject.toml").read_text()
+    section = pyproject.split("[project.optional-dependencies]")[1].split("\n[")[0]
+    declared = set(re.findall(r"^([\w-]+) = \[", section, flags=re.M))  # (tomllib is Python 3.11+)
+    assert {"dev", "gui", "bpe"} <= declared
+    files = [*(REPO / "tinyllm").rglob("*.py"), REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    named = {extra for f in files for group in re.findall(r'pip install[^"\n]*"\.\[([\w,-]+)\]"', f.read_text())
+             for extra in group.split(",")}
+    assert {"bnb", "gui", "export"} <= named  # the pattern finds them
+    assert named <= declared, named - declared
+
+
 def test_every_test_the_docs_name_exists():
     """A promise that cites its test (`tests/test_x.py::test_y`, or a bare `test_y`) cites one that exists."""
     defined = {p.name: set(re.findall(r"^def (test_\w+)", p.read_text(encoding="utf-8"), re.M))

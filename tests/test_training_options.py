@@ -273,12 +273,33 @@ def test_adamw8bit_without_bitsandbytes_names_the_extra(corpus, tmp_path, capsys
     assert 'pip install -e ".[bnb]"' in capsys.readouterr().err
 
 
-def test_adamw8bit_trains_where_bitsandbytes_is_installed(corpus, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_adamw8bit_trains_where_bitsandbytes_is_installed(corpus, tmp_path, device):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes (the bnb extra) is not installed")
     out = tmp_path / "run"
-    assert train(corpus, out, "--optimizer", "adamw8bit", "--max_steps", "20", "--eval_interval", "0") == 0
+    assert train(corpus, out, "--optimizer", "adamw8bit", "--max_steps", "20", "--eval_interval", "0",
+                 "--device", device) == 0
     rows = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert rows[-1] < rows[0]
+
+
+def test_bitsandbytes_is_imported_with_the_hub_offline(monkeypatch):
+    """bitsandbytes asks the Hugging Face Hub for an optional kernel when imported on some CPUs: tinyllm imports
+    it with the Hub offline (unless the user decided otherwise) and its loggers as they were."""
+    import logging
+    import os
+
+    from tinyllm.optim import import_bitsandbytes
+
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes (the bnb extra) is not installed")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert import_bitsandbytes().optim.AdamW8bit
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert logging.getLogger("kernels").level == logging.NOTSET
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    import_bitsandbytes()
+    assert os.environ["HF_HUB_OFFLINE"] == "0"
 
 
 def test_amp_run_on_cpu(corpus, tmp_path, capsys):

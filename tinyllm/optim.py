@@ -11,6 +11,7 @@ schedule scales all of them by the same factor.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -94,11 +95,30 @@ def make_optimizer(model: torch.nn.Module, cfg: Any, device: torch.device) -> to
     return opt
 
 
-def _adamw8bit(groups: list[dict], cfg: Any, betas: tuple[float, float]) -> torch.optim.Optimizer:
+def import_bitsandbytes() -> Any:
+    """bitsandbytes, imported offline: on a CPU with AVX512-BF16 it asks the Hugging Face Hub for an optional
+    4-bit kernel when it is imported (with the `kernels` package, which transformers brings). tinyllm downloads
+    nothing while it runs, and its 8-bit AdamW does not use that kernel, so the Hub stays offline and the
+    warnings about that kernel are left out."""
+    import logging
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet = [logging.getLogger(name) for name in ("bitsandbytes.backends.cpu.ops", "kernels")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
-        import bitsandbytes as bnb
+        import bitsandbytes
     except ImportError:
         raise UserError('--optimizer adamw8bit needs bitsandbytes: pip install -e ".[bnb]"') from None
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    return bitsandbytes
+
+
+def _adamw8bit(groups: list[dict], cfg: Any, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    bnb = import_bitsandbytes()
     try:
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=betas)
     except (RuntimeError, NotImplementedError) as e:
