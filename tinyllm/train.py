@@ -304,8 +304,9 @@ class Trainer:
         grad_norm = None
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        # A NaN/inf must never reach the weights. (Under fp16 loss scaling, inf gradients are the scaler's
-        # business: it skips those steps itself.)
+        # A NaN/inf must never reach a checkpoint, evaluation or sample: the step is skipped, or (where it will
+        # end the run) its verdict is read before any of those. (Under fp16 loss scaling, inf gradients are the
+        # scaler's business: it skips those steps itself.)
         bad = ce if grad_norm is None or scaler is not None else ce + grad_norm
         if self.skips_on_device or self.stops_on_nonfinite:
             finite = torch.isfinite(bad)
