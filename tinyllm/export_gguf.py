@@ -124,6 +124,17 @@ def rope_pairs_interleaved(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t.reshape(n_heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
 
 
+def ffn_tensors(sd: Tensors, a: ModelArgs, src: str, dst: str, part: str) -> Named:
+    """The MLP of llama.cpp's Llama-like graphs: gate and up for SwiGLU (silu(gate) * up; tinyllm's fused matrix
+    holds the gate first), up alone for ReLU² (arcee's relu(up)², apertus' xIELU stored as it), then down."""
+    fc = sd[f"{src}.mlp.fc.{part}"]
+    if a.mlp == "swiglu":
+        gate, fc = fc.chunk(2, dim=0)
+        yield f"{dst}.ffn_gate.{part}", gate
+    yield f"{dst}.ffn_up.{part}", fc
+    yield f"{dst}.ffn_down.{part}", sd[f"{src}.mlp.proj.{part}"]
+
+
 def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
     """llama (SwiGLU: gate and up) and arcee (ReLU²: up alone), with llama's consecutive-pairs RoPE."""
     yield "token_embd.weight", sd["tok_emb.weight"]
@@ -138,12 +149,7 @@ def llama_tensors(sd: Tensors, a: ModelArgs) -> Named:
             yield f"{dst}.attn_k.{part}", rope_pairs_interleaved(k, a.kv_heads)
             yield f"{dst}.attn_v.{part}", v
             yield f"{dst}.attn_output.{part}", sd[f"{src}.attn.proj.{part}"]
-            fc = sd[f"{src}.mlp.fc.{part}"]
-            if a.mlp == "swiglu":  # the fused matrix holds the gate first, then the up projection: silu(gate) * up
-                gate, fc = fc.chunk(2, dim=0)
-                yield f"{dst}.ffn_gate.{part}", gate
-            yield f"{dst}.ffn_up.{part}", fc  # arcee: relu(up)^2, ungated
-            yield f"{dst}.ffn_down.{part}", sd[f"{src}.mlp.proj.{part}"]
+            yield from ffn_tensors(sd, a, src, dst, part)
         yield f"{dst}.ffn_norm.weight", sd[f"{src}.norm2.weight"]
     yield "output_norm.weight", sd["norm_f.weight"]
     if not a.weight_tying:
@@ -166,12 +172,7 @@ def qk_norm_tensors(sd: Tensors, a: ModelArgs) -> Named:
         yield f"{dst}.attn_k_norm.weight", sd[f"{src}.attn.k_norm.weight"]
         yield f"{dst}.attn_output.weight", sd[f"{src}.attn.proj.weight"]
         yield f"{dst}.ffn_norm.weight", sd[f"{src}.norm2.weight"]
-        fc = sd[f"{src}.mlp.fc.weight"]
-        if a.mlp == "swiglu":  # the fused matrix holds the gate first, then the up projection
-            gate, fc = fc.chunk(2, dim=0)
-            yield f"{dst}.ffn_gate.weight", gate
-        yield f"{dst}.ffn_up.weight", fc
-        yield f"{dst}.ffn_down.weight", sd[f"{src}.mlp.proj.weight"]
+        yield from ffn_tensors(sd, a, src, dst, "weight")
     yield "output_norm.weight", sd["norm_f.weight"]
     yield "output.weight", sd["head.weight"]  # apertus requires it, tied head or not
 
