@@ -144,7 +144,7 @@ class Muon(torch.optim.Optimizer):
                 state["exp_avg"] = torch.zeros_like(p)
                 state["exp_avg_sq"] = torch.zeros_like(p)
             state["step"] += 1
-            by_step[state["step"]].append(p)  # one group in practice; a parameter added later counts its own steps
+            by_step[state["step"]].append(p)  # one group, unless a tensor had no gradient at some step
         for step, ps in by_step.items():
             grads = [p.grad for p in ps]
             ms = [self.state[p]["exp_avg"] for p in ps]
