@@ -158,7 +158,12 @@ def test_configure_preview_validation_and_presets(gui):
     assert "divisible" in msg and not (home / "out" / "bad").exists()
 
     preset = home / "mine.json"
-    msg, _ = client.predict(str(preset), *form_values(home, out_dir="out/p"), api_name="/save_preset")
+    msg, _ = client.predict(str(preset), False, *form_values(home, out_dir="out/p"), api_name="/save_preset")
+    assert msg.startswith("saved") and C.load_json(preset)["out_dir"] == "out/p"
+    # An existing file (here: the one just saved) is only replaced when asked.
+    msg, _ = client.predict(str(preset), False, *form_values(home, out_dir="out/q"), api_name="/save_preset")
+    assert "already exists" in msg and "replace" in msg and C.load_json(preset)["out_dir"] == "out/p"
+    msg, _ = client.predict(str(preset), True, *form_values(home, out_dir="out/p"), api_name="/save_preset")
     assert msg.startswith("saved") and C.load_json(preset)["out_dir"] == "out/p"
     loaded = client.predict(str(preset), api_name="/load_preset")
     assert loaded[-1].startswith("loaded")
@@ -169,6 +174,22 @@ def test_configure_preview_validation_and_presets(gui):
         F.cli_defaults()["n_embd"]
 
 
+def test_a_gui_with_another_output_root_proposes_run_folders_there(tmp_path):
+    """Started with --out_root runs, the form's out_dir (at first, and from a loaded preset) lies under runs/,
+    where the Runs tab, the init_from picker and the page's first run look."""
+    demo = build_app(out_root="runs", cwd=tmp_path)
+    by_name = demo.tinyllm_ctx.by_name
+    assert by_name["out_dir"].value == str(Path("runs") / Path(F.cli_defaults()["out_dir"]).name)
+    _, url, _ = launch(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        loaded = gradio_client.Client(url, verbose=False).predict("shakespeare_char_cpu.json",
+                                                                    api_name="/load_preset")
+    finally:
+        demo.close()
+    values = dict(zip((s.name for s in F.field_specs()), loaded[:-1], strict=True))
+    assert values["out_dir"] == str(Path("runs") / "shakespeare_char_cpu"), values["out_dir"]
+
+
 def test_data_tab_inspects_and_cleans(gui):
     client, home = gui["client"], gui["home"]
     stats, preview, clean_target = client.predict(str(home / "corpus.txt"), api_name="/inspect_data")
@@ -177,8 +198,15 @@ def test_data_tab_inspects_and_cleans(gui):
     assert preview == text[:2000]
     wiki = home / "w.tokens"
     wiki.write_text(" = T = \n a @-@ b \n", encoding="utf-8")
-    msg = client.predict(str(wiki), str(home / "w.txt"), False, api_name="/clean_wikitext")
+    msg = client.predict(str(wiki), str(home / "w.txt"), False, False, api_name="/clean_wikitext")
     assert msg.startswith("cleaned") and (home / "w.txt").read_text() == "a-b\n"
+    (home / "w.txt").write_text("mine")  # an existing file is replaced only when asked
+    msg = client.predict(str(wiki), str(home / "w.txt"), False, False, api_name="/clean_wikitext")
+    assert "already exists" in msg and (home / "w.txt").read_text() == "mine"
+    msg = client.predict(str(wiki), str(home / "w.txt"), False, True, api_name="/clean_wikitext")
+    assert msg.startswith("cleaned") and (home / "w.txt").read_text() == "a-b\n"
+    msg = client.predict(str(wiki), "  ", False, False, api_name="/clean_wikitext")
+    assert "give the cleaned file a path" in msg
     stats, _, _ = client.predict(str(home / "missing.txt"), api_name="/inspect_data")
     assert "file not found" in stats
     # An upload is kept under data/uploads/ of the working folder, and can become the run's data_path.

@@ -42,6 +42,12 @@ def test_clean_wikitext_into_a_new_file(tmp_path):
     assert dest.read_text() == "The state-of-the-art is 1,000 .\n"
     with pytest.raises(UserError, match="new file"):
         clean_wikitext(dest, dest)
+    with pytest.raises(UserError, match="already exists"):
+        clean_wikitext(src, dest)
+    dest.write_text("old")
+    assert "cleaned" in clean_wikitext(src, dest, replace=True) and dest.read_text().startswith("The state")
+    with pytest.raises(UserError, match="give the cleaned file a path"):
+        clean_wikitext(src, " ")
 
 
 def test_a_large_file_is_counted_from_its_beginning_and_says_so(tmp_path, monkeypatch):

@@ -66,6 +66,27 @@ def test_run_export_runs_the_shown_command(home):
     assert over.ok and shlex.split(over.command)[-1] == "--overwrite"
 
 
+def test_export_runs_in_the_guis_own_environment(home, monkeypatch):
+    """The export imports the tinyllm this GUI runs, from whatever folder the GUI was started in: the
+    subprocess gets the same environment as training and evaluation (this checkout first on PYTHONPATH)."""
+    pytest.importorskip("gguf")
+    import subprocess
+
+    from tinyllm.gui.runs import child_env
+
+    seen = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("env"))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(X.subprocess, "run", spy)
+    plan = X.plan_export(resolver(home), "out/ok", "last", "gguf", "f16", "exports/env.gguf")
+    assert X.run_export(plan, home)[0]
+    assert seen == [child_env()]
+
+
 def test_export_tab_through_the_api_with_auth(home):
     """The app behind Gradio's login: refused without the password, driven as the browser does with it."""
     pytest.importorskip("gguf")

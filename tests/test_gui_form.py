@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,10 @@ def test_presets_load_save_and_errors(tmp_path):
     cfg = C.Config(n_layer=2, out_dir="out/x")
     path = F.save_preset(cfg, tmp_path / "mine.json")
     assert F.load_preset(F.resolve_preset(str(path))) == cfg
+    with pytest.raises(UserError, match="already exists"):
+        F.save_preset(C.Config(n_layer=3), path)
+    assert F.load_preset(path) == cfg
+    assert F.load_preset(F.save_preset(C.Config(n_layer=3), path, replace=True)).n_layer == 3
     assert F.resolve_preset("mine.json", cwd=tmp_path) == tmp_path / "mine.json"
     with pytest.raises(UserError, match=r"\.json"):
         F.save_preset(cfg, tmp_path / "mine.txt")
@@ -96,3 +101,10 @@ def test_presets_load_save_and_errors(tmp_path):
         F.load_preset(tmp_path / "bad.json")
     with pytest.raises(UserError, match="not found"):
         F.load_preset(tmp_path / "missing.json")
+
+
+def test_presets_propose_their_run_folder_under_the_guis_output_root():
+    assert F.under_root("out/tiny_char_gpt", "runs") == str(Path("runs") / "tiny_char_gpt")
+    assert F.under_root("out/a/b", "/data/runs") == str(Path("/data/runs") / "a" / "b")
+    for kept in ("out/tiny_char_gpt", "elsewhere/x", "/abs/out/x", "out"):
+        assert F.under_root(kept, "out" if kept.startswith("out/") else "runs") == kept

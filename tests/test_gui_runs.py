@@ -247,3 +247,11 @@ def test_gui_without_gradio_names_the_extra(tmp_path):
                        env=env, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert 'pip install -e ".[gui]"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_child_env_lets_a_child_import_this_checkout_from_anywhere(tmp_path):
+    """Without site-packages (-S: no installed tinyllm) and from another folder, the GUI's subprocesses still
+    import the tinyllm of this checkout."""
+    out = subprocess.run([sys.executable, "-S", "-c", "import tinyllm; print(tinyllm.__file__)"], cwd=tmp_path,
+                         env=R.child_env(), capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(out) == REPO / "tinyllm" / "__init__.py"

@@ -33,11 +33,14 @@ def test_a_new_run_from_a_model_leaves_the_shape_to_it():
     launched = R.launch_values(cfg, resume=False)
     assert launched["init_from"] == "out/a" and launched["lr"] == 1e-4
     assert not set(C.SHAPE_KEYS) & set(launched)
-    assert R.launch_values(cfg, resume=True)["n_layer"] == 7  # a resume is checked against its checkpoint
+    # Resumed, the run keeps the shape it started with: the form's shape fields are not its own.
+    assert not set(C.SHAPE_KEYS) & set(R.launch_values(cfg, resume=True))
     cmd = F.command_preview(cfg)
     assert "--init_from out/a" in cmd and "--lr 0.0001" in cmd and "--n_layer" not in cmd
     resumed = F.command_preview(cfg, resume=True)
-    assert "--init_from" not in resumed and "--n_layer 7" in resumed  # a run remembers where it started
+    assert "--init_from" not in resumed and "--n_layer" not in resumed and "--lr 0.0001" in resumed
+    # Without init_from the form's shape is the run's own: it is launched, and checked against the checkpoint.
+    assert R.launch_values(C.from_dict({**F.cli_defaults(), "n_layer": 7}), resume=True)["n_layer"] == 7
 
     # The picker cleared: no model to start from.
     values = F.values_from_config(cfg)
@@ -122,6 +125,16 @@ def test_fine_tune_from_the_form_then_evaluate_in_the_runs_tab(gui):
     assert rows[-1]["event"] == "end" and rows[-1]["reason"] == "max_steps", rows[-1]
     saved = json.loads((home / "out" / "ft" / "config.json").read_text())
     assert (saved["init_from"], saved["n_layer"], saved["n_embd"], saved["lr"]) == ("out/src", 1, 32, 1e-3)
+
+    # Resumed from the same form (its shape fields still not the run's), it continues to the new max_steps.
+    msg, _ = client.predict(*form_values(home, init_from="out/src", out_dir="out/ft", max_steps=3),
+                            api_name="/resume_run")
+    assert msg.startswith("resumed `out/ft`"), msg
+    deadline = time.monotonic() + 120
+    while manager.is_running("out/ft") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = [json.loads(line) for line in (home / "out" / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert (rows[-1]["event"], rows[-1]["reason"], rows[-1]["step"]) == ("end", "max_steps", 3), rows[-1]
 
     table, _ = client.predict("out", [], api_name="/list_runs")
     cols = table["headers"]

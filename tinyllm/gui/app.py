@@ -95,6 +95,7 @@ def build_data_tab(ctx: Ctx):
             with gr.Accordion("Clean WikiText into a new file", open=False):
                 clean_out = gr.Textbox(label="Cleaned file")
                 keep_headings = gr.Checkbox(label="keep headings as plain lines", value=False)
+                clean_replace = gr.Checkbox(label="replace an existing file", value=False)
                 clean_btn = gr.Button("Clean")
                 clean_msg = gr.Markdown()
 
@@ -114,9 +115,10 @@ def build_data_tab(ctx: Ctx):
     def picked(p: str | None):
         return ctx.shown(p) if p else gr.skip()
 
-    def clean(src: str, dest: str, keep: bool):
+    def clean(src: str, dest: str, keep: bool, replace: bool):
         try:
-            return clean_wikitext(ctx.manager.resolve(src), ctx.manager.resolve(dest), keep)
+            return clean_wikitext(ctx.manager.resolve(src), ctx.manager.resolve(dest) if dest.strip() else "",
+                                  keep, replace)
         except UserError as e:
             return err(e)
 
@@ -124,7 +126,7 @@ def build_data_tab(ctx: Ctx):
     upload.upload(uploaded, upload, path, api_name="upload")
     gr.on([path.submit, inspect_btn.click, path.change], inspect, path, [stats, preview, clean_out],
           api_name="inspect_data", trigger_mode="always_last")
-    clean_btn.click(clean, [path, clean_out, keep_headings], clean_msg, api_name="clean_wikitext")
+    clean_btn.click(clean, [path, clean_out, keep_headings, clean_replace], clean_msg, api_name="clean_wikitext")
     # Show the default file's statistics as soon as the page opens.
     ctx.demo.load(inspect, path, [stats, preview, clean_out], api_name=False, show_progress="hidden")
     return path, use_btn, use_msg
@@ -175,11 +177,13 @@ def make_input(spec: F.FieldSpec, value: Any, choices: list | None = None):
 
 def build_config_tab(ctx: Ctx):
     defaults = F.cli_defaults()
+    defaults["out_dir"] = F.under_root(defaults.get("out_dir", ""), ctx.out_root)
     with gr.Row():
         preset = gr.Dropdown(choices=F.list_presets(), value=None, allow_custom_value=True, scale=3,
                              label="Preset (from config/) or the path of any JSON file", elem_id="preset")
         load_btn = gr.Button("Load", scale=1, elem_id="load-preset")
         save_path = gr.Textbox(label="Save the current settings as", placeholder="config/my_run.json", scale=3)
+        save_replace = gr.Checkbox(label="replace an existing file", value=False, scale=1)
         save_btn = gr.Button("Save", scale=1)
     preset_msg = gr.Markdown(elem_id="preset-msg")
     command = gr.Code(label="Equivalent command (only the settings that differ from the defaults)",
@@ -212,14 +216,15 @@ def build_config_tab(ctx: Ctx):
             cfg = F.load_preset(path)
         except UserError as e:
             return [gr.skip()] * len(ctx.inputs) + [err(e)]
+        cfg.out_dir = F.under_root(cfg.out_dir, ctx.out_root)
         return [*F.values_from_config(cfg), f"loaded {path}"]
 
-    def save(path: str, *values):
+    def save(path: str, replace: bool, *values):
         try:
             cfg = F.config_from_values(values)
             if not path.strip():
                 raise UserError("type a file name ending in .json")
-            p = F.save_preset(cfg, ctx.manager.resolve(path))
+            p = F.save_preset(cfg, ctx.manager.resolve(path), replace)
         except UserError as e:
             return err(e), gr.skip()
         return f"saved {p}", gr.update(choices=F.list_presets())
@@ -227,7 +232,7 @@ def build_config_tab(ctx: Ctx):
     gr.on([c.change for c in ctx.inputs], preview, ctx.inputs, [command, check], api_name="preview_command",
           trigger_mode="always_last", show_progress="hidden")
     load_btn.click(load, preset, [*ctx.inputs, preset_msg], api_name="load_preset")
-    save_btn.click(save, [save_path, *ctx.inputs], [preset_msg, preset], api_name="save_preset")
+    save_btn.click(save, [save_path, save_replace, *ctx.inputs], [preset_msg, preset], api_name="save_preset")
     return command, check, preview
 
 

@@ -108,15 +108,18 @@ def default_clean_path(path: str | Path) -> Path:
     return p.with_name(f"{stem}.clean.txt")
 
 
-def clean_wikitext(src: str | Path, dest: str | Path, keep_headings: bool = False) -> str:
-    """Clean a WikiText file into a new file with tinyllm.wikitext; refuses to overwrite its input."""
+def clean_wikitext(src: str | Path, dest: str | Path, keep_headings: bool = False, replace: bool = False) -> str:
+    """Clean a WikiText file into a new file with tinyllm.wikitext; never over its input, and over another
+    existing file only when asked."""
     from tinyllm.wikitext import clean_file
 
-    s, d = Path(src).expanduser(), Path(dest).expanduser()
     if not str(dest).strip():
         raise UserError("give the cleaned file a path")
+    s, d = Path(src).expanduser(), Path(dest).expanduser()
     if s.exists() and d.exists() and s.resolve() == d.resolve():
         raise UserError("the cleaned file must be a new file, not the input")
+    if d.is_file() and not replace:
+        raise UserError(f"{d} already exists; choose another cleaned file, or tick 'replace an existing file'")
     try:
         n_in, n_out = clean_file(s, d, keep_headings=keep_headings)
     except (ValueError, OSError) as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tinyllm.errors import UserError
 from tinyllm.export import DEFAULT_GGUF_DTYPE, FORMATS, check_run, command, command_text, default_output
+from tinyllm.gui.runs import child_env
 
 EXPORT_TIMEOUT_S = 3600.0
 _cache: dict[tuple, tuple[bool, str]] = {}
@@ -87,7 +88,7 @@ def run_export(plan: ExportPlan, cwd: str | Path, timeout_s: float = EXPORT_TIME
         return False, plan.message
     try:
         proc = subprocess.run([sys.executable, *plan.argv], cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout_s)
+                              timeout=timeout_s, env=child_env(), stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return False, f"**error:** the export took longer than {timeout_s:.0f} s and was stopped"
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

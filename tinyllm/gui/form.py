@@ -11,7 +11,7 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from tinyllm import config as C
@@ -83,6 +83,15 @@ def cli_defaults() -> dict[str, Any]:
     return base
 
 
+def under_root(out_dir: str, out_root: str) -> str:
+    """A preset's out_dir as the form proposes it. The presets write to out/NAME; a GUI started with another
+    --out_root proposes ROOT/NAME instead, so the run is listed where the GUI looks for runs."""
+    parts = PurePath(out_dir).parts
+    if out_root in ("", "out") or PurePath(out_dir).is_absolute() or len(parts) < 2 or parts[0] != "out":
+        return out_dir
+    return str(PurePath(out_root, *parts[1:]))
+
+
 def _normalize(spec: FieldSpec, value: Any) -> Any:
     """Form widgets hand back floats for whole numbers and None for an empty box; make those JSON-typed."""
     if value is None and spec.kind == "str":  # a cleared dropdown (the init_from picker)
@@ -132,11 +141,11 @@ def _quote(value: str) -> str:
 
 
 def command_args(cfg: C.Config, resume: bool = False) -> list[str]:
-    """The flags that reproduce `cfg` from the CLI's defaults: only the settings that differ from them. A new
-    run with init_from takes its shape settings from the model it starts from, and a resumed run remembers
-    where it started: those are left out."""
+    """The flags that reproduce `cfg` from the CLI's defaults: only the settings that differ from them. A run
+    with init_from takes its shape settings from the model it started from, and a resumed run remembers where
+    it started: those are left out."""
     base = cli_defaults()
-    skip = {"init_from"} if resume else set(C.SHAPE_KEYS) if cfg.init_from else set()
+    skip = (set(C.SHAPE_KEYS) if cfg.init_from else set()) | ({"init_from"} if resume else set())
     args: list[str] = []
     for s in field_specs():
         value = getattr(cfg, s.name)
@@ -187,13 +196,16 @@ def load_preset(path: str | Path) -> C.Config:
         raise UserError(f"{path}: {e}") from None
 
 
-def save_preset(cfg: C.Config, path: str | Path) -> Path:
-    """Write every setting (validated) as JSON that `--config` and the Load button read back."""
+def save_preset(cfg: C.Config, path: str | Path, replace: bool = False) -> Path:
+    """Write every setting (validated) as JSON that `--config` and the Load button read back. An existing file
+    (a shipped preset, the CLI's default config) is only replaced when asked."""
     p = Path(path).expanduser()
     if p.suffix.lower() != ".json":
         raise UserError(f"{p}: save settings to a .json file")
     if p.is_dir():
         raise UserError(f"{p} is a folder; give a file name ending in .json")
+    if p.exists() and not replace:
+        raise UserError(f"{p} already exists; choose another name, or tick 'replace an existing file'")
     try:
         atomic_write_json(p, C.validate(cfg).to_dict())
     except OSError as e:

@@ -67,11 +67,20 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
+def child_env() -> dict[str, str]:
+    """The environment of the GUI's subprocesses (training, evaluation, export): unbuffered output, and this
+    checkout first on the path, so the child imports the tinyllm this GUI runs even when the package is not
+    installed or the GUI was started from another folder."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
 def launch_values(cfg: Config, resume: bool) -> dict[str, Any]:
-    """The settings written to the launch JSON. A new run with init_from leaves out the shape settings: they come
-    from the model it starts from (the form's would conflict with it), as they do when typed without them."""
+    """The settings written to the launch JSON. A run with init_from leaves out the shape settings, new or
+    resumed: they come from the model it started from (the form's would conflict with it), as they do when typed
+    without them."""
     values = cfg.to_dict()
-    if cfg.init_from and not resume:
+    if cfg.init_from:
         values = {k: v for k, v in values.items() if k not in SHAPE_KEYS}
     return values
 
@@ -151,9 +160,7 @@ class RunManager:
             atomic_write_json(config_path, launch_values(cfg, resume))
             (out / STOP_FILE).unlink(missing_ok=True)
             argv = self.command(config_path, resume)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   # The CLI must import this tinyllm even when the package is not installed.
-                   "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+            env = child_env()
             started_at = time.time()  # before the process exists, so anything it writes is newer
             with open(out / CONSOLE_LOG, "ab") as log:
                 log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
@@ -175,7 +182,7 @@ class RunManager:
         if not (out / CKPT_FILES["last"]).exists():
             raise UserError(f"--out_dir {cfg.out_dir} has no ckpt.pt to resume; start a new run instead")
         saved = read_json(out / "config.json") or {}
-        for key in SHAPE_KEYS:
+        for key in () if cfg.init_from else SHAPE_KEYS:  # launch_values leaves them out
             if key in saved and saved[key] != getattr(cfg, key):
                 raise UserError(f"--{key} {getattr(cfg, key)} conflicts with the checkpoint in {cfg.out_dir}, "
                                 f"which has {key}={saved[key]}; load its settings (Runs tab) or start a new run "

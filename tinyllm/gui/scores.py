@@ -9,7 +9,6 @@ changes, so choosing runs again does not score them again.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -18,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyllm.config import REPO_ROOT
 from tinyllm.errors import UserError
-from tinyllm.gui.runs import CKPT_FILES
+from tinyllm.gui.runs import CKPT_FILES, child_env
 
 EVAL_TIMEOUT_S = 3600.0
 COLUMNS = ["run", "started from", "loss", "bpb", "perplexity", "tokens", "note"]
@@ -82,11 +80,9 @@ class Scorer:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-            env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
             try:
                 proc = subprocess.run(self.command(out, data), cwd=self.cwd, capture_output=True, text=True,
-                                      timeout=self.timeout_s, env=env, stdin=subprocess.DEVNULL)
+                                      timeout=self.timeout_s, env=child_env(), stdin=subprocess.DEVNULL)
             except subprocess.TimeoutExpired:
                 raise UserError(f"the evaluation took longer than {self.timeout_s:g} s; run it on the command "
                                 "line instead") from None
