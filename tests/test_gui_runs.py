@@ -17,6 +17,7 @@ from conftest import REPO
 from tinyllm import config as C
 from tinyllm.errors import UserError
 from tinyllm.gui import runs as R
+from tinyllm.rundir import lock_holder
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals as on POSIX")
 
@@ -193,6 +194,47 @@ def test_stop_kills_the_process_tree_when_signals_are_ignored(tmp_path):
     assert m.stop(out).startswith("killed")
     assert m._procs[out].returncode == -signal.SIGKILL
     wait_for(lambda: not R.pid_alive(child), timeout=10, what="the grandchild to die")
+
+
+# A trainer started in a shell: it holds the folder's run lock as the real one does, and stops cooperatively.
+LOCKED = """
+import json, pathlib, sys, time
+from tinyllm.rundir import RunLock
+out = pathlib.Path(sys.argv[1])
+lock = RunLock(out)
+lock.acquire()
+(out / "ready").touch()
+while not (out / "STOP").exists():
+    time.sleep(0.02)
+with open(out / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 2, "time_s": 0.1, "event": "end", "reason": "interrupted"}) + "\\n")
+"""
+
+
+@posix_only
+def test_a_trainer_started_elsewhere_in_a_guis_folder_is_seen_as_running(tmp_path):
+    """The GUI launched a run in the folder once; now a trainer from a shell holds it. The GUI must report it
+    running (not "killed or crashed"), refuse to start or resume into it, and stop that process."""
+    m = fake_manager(tmp_path, COOPERATIVE, grace_stop_s=20, grace_term_s=1)
+    out = m.start(C.Config(out_dir="r"))
+    wait_for(lambda: (out / "ready").exists(), what="the GUI's run to start")
+    assert m.stop(out).startswith("stopped at the end of a step")
+    (out / "ready").unlink()
+    assert not m.is_running(out) and lock_holder(out) is None  # a lock file with no holder
+
+    shell = subprocess.Popen([sys.executable, "-c", LOCKED, str(out)], env=R.child_env())
+    try:
+        wait_for(lambda: (out / "ready").exists(), what="the shell's trainer to start")
+        assert lock_holder(out) == shell.pid
+        assert m.live_pid(out) == shell.pid and R.run_info(out, m).status == "running"
+        assert R.run_info(out, R.RunManager(cwd=tmp_path)).status == "running"  # a restarted GUI too
+        with pytest.raises(UserError, match=f"in use by a running run \\(pid {shell.pid}\\)"):
+            m.start(C.Config(out_dir="r"), resume=True)
+        assert m.stop(out).startswith("stopped at the end of a step")
+        assert shell.wait(timeout=20) == 0
+    finally:
+        shell.kill()
+    assert not m.is_running(out) and R.run_info(out, m).status == "interrupted"
 
 
 @posix_only

@@ -104,6 +104,32 @@ class RunLock:
             self._fd = None
 
 
+def lock_holder(out: Path) -> int | None:
+    """The pid of the live trainer holding OUT's run lock, else None: whoever started it (the GUI, a shell).
+
+    It looks without taking the lock, since taking it even for an instant could refuse a trainer starting at
+    that moment: on Linux /proc/locks lists the flocks held by file; elsewhere the pid in the file is checked
+    for life."""
+    path = Path(out) / LOCK_FILE
+    try:
+        st = path.stat()
+        pid = int(path.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return pid if pid_alive(pid) else None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():  # "1: FLOCK  ADVISORY  WRITE 7167 fe:00:2146811 0 EOF"
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
 def holds_run(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(out) / name).exists()]
 

@@ -34,7 +34,7 @@ from tinyllm.atomic import atomic_write_json  # noqa: F401 - used here and by gu
 from tinyllm.config import REPO_ROOT, SHAPE_KEYS, Config
 from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
-from tinyllm.rundir import pid_alive
+from tinyllm.rundir import lock_holder, pid_alive
 
 # The training loop's stop file (tinyllm.runlog.STOP_FILE; importing train would load torch into the GUI).
 STOP_FILE = "STOP"
@@ -125,13 +125,20 @@ class RunManager:
     def pid_info(self, out: Path) -> dict[str, Any] | None:
         return read_json(out / PID_FILE)
 
-    def is_running(self, out_dir: str | Path) -> bool:
+    def live_pid(self, out_dir: str | Path) -> int | None:
+        """The pid of the process training in the folder: the GUI's own child, the one its launch record names
+        (the GUI was restarted), or any other trainer holding the folder's lock (one started in a shell)."""
         out = self.resolve(out_dir)
         proc = self._procs.get(out)
-        if proc is not None:
-            return proc.poll() is None  # poll() also reaps it, so a finished child never lingers as a zombie
+        if proc is not None and proc.poll() is None:  # poll() also reaps it: a finished child is no zombie
+            return proc.pid
         info = self.pid_info(out)
-        return bool(info) and pid_alive(int(info.get("pid", 0)), info.get("marker"))
+        if proc is None and info and pid_alive(int(info.get("pid", 0)), info.get("marker")):
+            return int(info["pid"])
+        return lock_holder(out)
+
+    def is_running(self, out_dir: str | Path) -> bool:
+        return self.live_pid(out_dir) is not None
 
     def is_stopping(self, out_dir: str | Path) -> bool:
         t = self._stopping.get(self.resolve(out_dir))
@@ -146,8 +153,8 @@ class RunManager:
         folder is busy, would be overwritten, has nothing to resume, or disagrees with its checkpoint."""
         with self._lock:
             out = self.resolve(cfg.out_dir)
-            if self.is_running(out):
-                pid = (self.pid_info(out) or {}).get("pid", "?")
+            pid = self.live_pid(out)
+            if pid is not None:
                 raise UserError(f"--out_dir {cfg.out_dir} is in use by a running run (pid {pid}); stop it, "
                                 "or choose another out_dir")
             if resume:
@@ -189,10 +196,13 @@ class RunManager:
                                 "in another out_dir")
 
     # ------------------------------------------------------------------ stop
-    def _wait_exit(self, out: Path, timeout: float, keep_stop_file: bool = False) -> bool:
-        """Wait up to `timeout` s for the run to end. With `keep_stop_file`, re-create the STOP file whenever it
-        is gone: a run still starting up deletes a stale one, and must still see ours at its first step."""
+    def _wait_exit(self, out: Path, pid: int, timeout: float, keep_stop_file: bool = False) -> bool:
+        """Wait up to `timeout` s for the run (process `pid`) to end. With `keep_stop_file`, re-create the STOP
+        file whenever it is gone: a run still starting up deletes a stale one, and must still see ours at its
+        first step."""
         proc = self._procs.get(out)
+        if proc is not None and proc.pid != pid:  # an earlier child of ours; the run is another process
+            proc = None
         deadline = time.monotonic() + timeout
         while True:
             if keep_stop_file and not (out / STOP_FILE).exists():
@@ -204,7 +214,7 @@ class RunManager:
                     return True
                 except subprocess.TimeoutExpired:
                     pass
-            elif not self.is_running(out):  # not our child (the GUI was restarted): poll its pid
+            elif self.live_pid(out) != pid:  # not our child (the GUI was restarted, or a shell's): poll
                 return True
             else:
                 time.sleep(max(0.0, min(0.2, left)))
@@ -214,21 +224,19 @@ class RunManager:
     def stop(self, out_dir: str | Path) -> str:
         """Stop a run and wait for it to end: STOP file, then SIGTERM, then kill. Returns what it took."""
         out = self.resolve(out_dir)
-        info = self.pid_info(out) or {}
-        proc = self._procs.get(out)
-        pid = proc.pid if proc is not None else int(info.get("pid", 0))
-        if not self.is_running(out):
+        pid = self.live_pid(out)
+        if pid is None:
             result = "not running"
         else:
             self._note(out, f"asked to stop: created {STOP_FILE}")
-            if self._wait_exit(out, self.grace_stop_s, keep_stop_file=True):
+            if self._wait_exit(out, pid, self.grace_stop_s, keep_stop_file=True):
                 result = "stopped at the end of a step (checkpoint saved)"
             else:
                 self._note(out, f"still running {self.grace_stop_s:g} s after {STOP_FILE}: sending SIGTERM")
                 # SIGTERM to the run alone: its handler saves, then ends its own workers.
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGTERM)
-                if self._wait_exit(out, self.grace_term_s):
+                if self._wait_exit(out, pid, self.grace_term_s):
                     result = "stopped by SIGTERM (checkpoint saved)"
                 else:
                     self._note(out, f"still running {self.grace_term_s:g} s after SIGTERM: killing its process group")
@@ -236,7 +244,7 @@ class RunManager:
                         _signal_group(pid, signal.SIGKILL)
                     else:
                         subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True)
-                    self._wait_exit(out, 10.0)
+                    self._wait_exit(out, pid, 10.0)
                     result = "killed (no checkpoint written since the last one)"
         (out / STOP_FILE).unlink(missing_ok=True)
         self._stop_results[out] = result
