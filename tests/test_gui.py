@@ -156,6 +156,12 @@ def test_configure_preview_validation_and_presets(gui):
     assert "--n_embd (32) must be divisible by --n_head (3)" in check
     msg, _ = client.predict(*form_values(home, n_head=3, out_dir="out/bad"), api_name="/start_run")
     assert "divisible" in msg and not (home / "out" / "bad").exists()
+    # Consistent settings that the run would refuse as it starts are shown as errors too, and not started.
+    for bad, message in (({"device": "tpu"}, "--device 'tpu'"), ({"data_path": "nope.txt"}, "file not found")):
+        _, check = client.predict(*form_values(home, **bad), api_name="/preview_command")
+        assert message in check and "valid" not in check
+        msg, _ = client.predict(*form_values(home, out_dir="out/bad", **bad), api_name="/start_run")
+        assert message in msg and not (home / "out" / "bad").exists()
 
     preset = home / "mine.json"
     msg, _ = client.predict(str(preset), False, *form_values(home, out_dir="out/p"), api_name="/save_preset")
@@ -214,6 +220,9 @@ def test_data_tab_inspects_and_cleans(gui):
     assert kept == "data/uploads/w.tokens" and (home / kept).read_text() == wiki.read_text()
     data_path, msg = client.predict(kept, api_name="/use_data")
     assert data_path == kept and "data_path" in msg
+    (home / "latin1.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    for bad, message in (("missing.txt", "file not found"), ("latin1.txt", "is not UTF-8"), (" ", "pick, type")):
+        assert message in client.predict(bad, api_name="/use_data")[1]
 
 
 # ---------------------------------------------------------------------------------------------- browser

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,8 +79,12 @@ def test_discover_runs_reads_folders(tmp_path):
     write_run(root / "dead", [{"step": 5, "time_s": 1.0, "loss": 2.5}],
               launch={"pid": 2 ** 22 + 12345, "marker": "nothing", "started_at": 0.0})
     (root / "not_a_run").mkdir()
+    (root / "hf_export").mkdir()  # a Hugging Face export kept under the root is a model, not a run
+    (root / "hf_export" / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    (root / "starting").mkdir()  # a run that has written only its config so far
+    (root / "starting" / "config.json").write_text(json.dumps({"max_steps": 5}))
     runs = {r.name: r for r in R.discover_runs(root)}
-    assert set(runs) == {"done", "dead"}
+    assert set(runs) == {"done", "dead", "starting"}
     assert runs["done"].status == "finished" and runs["done"].best_val_loss == 2.0 and runs["done"].step == 20
     assert runs["done"].last_loss == 2.5 and runs["done"].max_steps == 20
     assert runs["dead"].status == "error"
@@ -146,6 +151,11 @@ while True:
 
 
 def fake_manager(tmp_path: Path, script: str, **kw) -> R.RunManager:
+    """A manager whose "trainer" is `script`, in a working folder holding the default data file (which the
+    manager checks before it starts anything)."""
+    data = tmp_path / C.Config.data_path
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("some text to learn from\n", encoding="utf-8")
     return R.RunManager(cwd=tmp_path, command=lambda cfg_path, resume: [sys.executable, "-c", script,
                                                                          str(cfg_path)], **kw)
 
@@ -172,6 +182,27 @@ def test_stop_reaches_a_run_that_is_still_starting(tmp_path):
     wait_for(lambda: (out / "ready").exists(), what="the process to start")
     assert m.stop(out).startswith("stopped at the end of a step")
     assert (out / "deleted").exists() and m._procs[out].returncode == 0
+
+
+# A run that fails while starting up (bad data, say): it ends with status 2 when it sees the STOP file too.
+FAILS_AT_START = """
+import pathlib, sys, time
+out = pathlib.Path(sys.argv[1]).parent
+(out / "ready").touch()
+while not (out / "STOP").exists():
+    time.sleep(0.02)
+sys.exit(2)
+"""
+
+
+@posix_only
+def test_stop_of_a_run_that_fails_does_not_claim_a_checkpoint(tmp_path):
+    m = fake_manager(tmp_path, FAILS_AT_START, grace_stop_s=20, grace_term_s=1)
+    out = m.start(C.Config(out_dir="f"))
+    wait_for(lambda: (out / "ready").exists(), what="the process to start")
+    result = m.stop(out)
+    assert result.startswith("ended with an error (exit status 2)") and "checkpoint saved" not in result
+    assert result in (out / R.CONSOLE_LOG).read_text()
 
 
 @posix_only
@@ -264,17 +295,39 @@ def test_start_refuses_overwrite_and_bad_resume(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "ckpt.pt").write_bytes(b"x")
     (tmp_path / "old" / "config.json").write_text(json.dumps(C.Config(out_dir="old").to_dict()))
-    with pytest.raises(UserError, match="already holds a run"):
+    with pytest.raises(UserError, match="already holds a run; resume it, tick overwrite"):
         m.start(C.Config(out_dir="old"))
     with pytest.raises(UserError, match="--n_layer 2 conflicts with the checkpoint"):
         m.start(C.Config(out_dir="old", n_layer=2), resume=True)
     with pytest.raises(UserError, match="no ckpt.pt to resume"):
         m.start(C.Config(out_dir="empty"), resume=True)
+    # A run killed before its first checkpoint: Start does not advise a resume that cannot be.
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0}\n')
+    with pytest.raises(UserError, match=r"already holds a run \(with no ckpt.pt to resume\); tick overwrite"):
+        m.start(C.Config(out_dir="killed"))
     assert m.running() == []
     if "overwrite" in C.FIELDS:  # the trainer replaces the old run itself when asked to
         m.start(C.Config(out_dir="old", overwrite=True))
         assert m.is_running("old")
         m.shutdown(stop_runs=True)
+
+
+def test_start_refuses_what_the_trainer_would_refuse_at_once(tmp_path):
+    """Missing or non-UTF-8 data, a device this machine lacks, a model to start from that is not there: refused
+    with the trainer's own message before any folder or process exists."""
+    m = fake_manager(tmp_path, TERM_ONLY)
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    cases = [({"data_path": "nope.txt"}, "--data_path: file not found"),
+             ({"data_path": "latin1.txt"}, "is not UTF-8 (invalid byte 0xe9 at byte offset 3)"),
+             ({"data_path": "nothing/*.txt"}, "matches no file"),
+             ({"device": "tpu"}, "--device 'tpu'"),
+             ({"init_from": "out/missing"}, "--init_from: out/missing not found")]
+    for values, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            m.start(C.Config(out_dir="x", **values))
+        assert not (tmp_path / "x").exists()
+    m.preflight(C.Config(data_path=str(tmp_path / "data" / "*.txt")))  # an absolute pattern that matches
 
 
 # ---------------------------------------------------------------------------------------------- entry point

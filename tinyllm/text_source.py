@@ -59,6 +59,17 @@ def _not_utf8(p: Path, flag: str, offset: int, byte: int) -> UserError:
                      "convert it, e.g. `iconv -f latin1 -t utf-8`")
 
 
+def check_utf8_head(p: Path, flag: str = "--data_path", n_bytes: int = 1 << 16) -> None:
+    """A UserError when the first `n_bytes` of `p` are not UTF-8: a quick look for a wrong file (a Latin-1 text,
+    a binary), where reading the whole file would take too long; the full check happens when it is read."""
+    with open(p, "rb") as f:
+        head = f.read(n_bytes)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError as e:
+        raise _not_utf8(p, flag, e.start, head[e.start]) from None
+
+
 # --- what --data_path names: one file, or the documents of a folder or a glob pattern ------------------------
 
 
@@ -168,6 +179,15 @@ def open_source(spec: str | Path, flag: str = "--data_path") -> TextSource:
         source = TextSource(spec, "glob", files, ignored)
     if not source.text_files:
         raise UserError(f"{flag}: every .txt and .md file of {spec} is empty; give them some text to learn from")
+    return source
+
+
+def glance_source(spec: str | Path, flag: str = "--data_path") -> TextSource:
+    """open_source, plus a look at the first bytes of (up to 100 of) its files for UTF-8: quick enough for a
+    form checked at every edit; the full check happens when the text is read."""
+    source = open_source(spec, flag)
+    for f in source.text_files[:100]:
+        check_utf8_head(f, flag)
     return source
 
 

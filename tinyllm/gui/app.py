@@ -35,6 +35,7 @@ from tinyllm.gui.runs import (
     started_from,
     tail_text,
 )
+from tinyllm.text_source import glance_source
 
 CSS = """
 .mono textarea, .mono input { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
@@ -101,7 +102,7 @@ def build_data_tab(ctx: Ctx):
 
     def inspect(p: str):
         try:
-            s = text_stats(ctx.manager.resolve(p) if p else "")
+            s = text_stats(ctx.manager.resolve(p) if p and p.strip() else "")
         except UserError as e:
             return err(e), "", ""
         return s.markdown(), s.preview, str(default_clean_path(p))
@@ -137,8 +138,16 @@ def wire_use_data(ctx: Ctx, path, use_btn, use_msg) -> None:
     if "data_path" not in ctx.by_name:
         use_btn.visible = False
         return
-    use_btn.click(lambda p: (p, f"data_path set to `{p}` in the Configure tab"), path,
-                  [ctx.by_name["data_path"], use_msg], api_name="use_data")
+    def use(p: str):
+        try:
+            if not p.strip():
+                raise UserError("pick, type or upload a file first")
+            glance_source(ctx.manager.resolve(p))
+        except UserError as e:
+            return gr.skip(), err(e)
+        return p, f"data_path set to `{p}` in the Configure tab"
+
+    use_btn.click(use, path, [ctx.by_name["data_path"], use_msg], api_name="use_data")
 
 
 def _fnmatch_escape(s: str) -> str:
@@ -208,6 +217,10 @@ def build_config_tab(ctx: Ctx):
             cfg = F.config_from_values(values)
         except UserError as e:
             return gr.skip(), err(e)
+        try:
+            ctx.manager.preflight(cfg)
+        except UserError as e:  # the settings are consistent, but the run would fail as it starts
+            return F.command_preview(cfg), err(e)
         return F.command_preview(cfg), "settings are valid"
 
     def load(name: str | None):

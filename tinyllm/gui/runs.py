@@ -153,6 +153,7 @@ class RunManager:
         folder is busy, would be overwritten, has nothing to resume, or disagrees with its checkpoint."""
         with self._lock:
             out = self.resolve(cfg.out_dir)
+            self.preflight(cfg, resume)
             pid = self.live_pid(out)
             if pid is not None:
                 raise UserError(f"--out_dir {cfg.out_dir} is in use by a running run (pid {pid}); stop it, "
@@ -160,7 +161,8 @@ class RunManager:
             if resume:
                 self._check_resumable(out, cfg)
             elif not getattr(cfg, "overwrite", False) and any((out / n).exists() for n in RUN_FILES):
-                raise UserError(f"--out_dir {cfg.out_dir} already holds a run; resume it, tick overwrite to replace "
+                resumable = "; resume it, " if (out / CKPT_FILES["last"]).exists() else " (with no ckpt.pt to resume); "
+                raise UserError(f"--out_dir {cfg.out_dir} already holds a run{resumable}tick overwrite to replace "
                                 "it, or choose another out_dir")
             out.mkdir(parents=True, exist_ok=True)
             config_path = out / LAUNCH_CONFIG
@@ -183,6 +185,20 @@ class RunManager:
                 "resume": resume,
             })
             return out
+
+    def preflight(self, cfg: Config, resume: bool = False) -> None:
+        """What the trainer would refuse as soon as it starts, refused before a folder is made or a process
+        started: data that is missing or (from its first bytes) not UTF-8, a device this machine lacks, a model
+        to start from that is not there. Quick enough for every edit of the form."""
+        from tinyllm.device import resolve_device
+        from tinyllm.text_source import glance_source
+
+        data = Path(cfg.data_path).expanduser()
+        glance_source(data if data.is_absolute() else self.cwd / data)  # (not resolve(): a pattern stays one)
+        resolve_device(cfg.device)
+        if cfg.init_from and not resume and not self.resolve(cfg.init_from).exists():
+            raise UserError(f"--init_from: {cfg.init_from} not found; pick a run, or type the path of a run "
+                            "folder, a checkpoint or a Hugging Face model folder")
 
     @staticmethod
     def _check_resumable(out: Path, cfg: Config) -> None:
@@ -230,7 +246,11 @@ class RunManager:
         else:
             self._note(out, f"asked to stop: created {STOP_FILE}")
             if self._wait_exit(out, pid, self.grace_stop_s, keep_stop_file=True):
-                result = "stopped at the end of a step (checkpoint saved)"
+                proc = self._procs.get(out)
+                code = proc.returncode if proc is not None and proc.pid == pid else 0  # a shell's: unknown
+                # A run that failed while starting up ends at once too, without having saved anything.
+                result = ("stopped at the end of a step (checkpoint saved)" if not code else
+                          f"ended with an error (exit status {code}), nothing saved; see its console log")
             else:
                 self._note(out, f"still running {self.grace_stop_s:g} s after {STOP_FILE}: sending SIGTERM")
                 # SIGTERM to the run alone: its handler saves, then ends its own workers.
@@ -363,8 +383,14 @@ def run_info(out: Path, manager: RunManager | None = None) -> RunInfo:
 
 
 def _is_run_folder(p: Path) -> bool:
-    return p.is_dir() and any((p / n).exists() for n in ("config.json", LAUNCH_CONFIG, "metrics.jsonl",
-                                                          CKPT_FILES["last"]))
+    if not p.is_dir():
+        return False
+    if any((p / n).exists() for n in (LAUNCH_CONFIG, "metrics.jsonl", CKPT_FILES["last"])):
+        return True
+    # A config.json alone: a run that has not written anything else yet, unless it is a Hugging Face model's
+    # (an export kept under the output root), which names its architectures.
+    cfg = read_json(p / "config.json")
+    return cfg is not None and "architectures" not in cfg
 
 
 def discover_runs(root: str | Path, manager: RunManager | None = None,
