@@ -67,3 +67,26 @@ def test_command_errors_are_one_line_and_status_2(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: argument --format: invalid choice") and err.count("\n") == 1
     assert "(see python -m tinyllm.export --help)" in err
+
+
+def test_overwrite_never_replaces_the_run_or_anything_but_an_earlier_export(run, tmp_path, capsys):
+    """--overwrite replaces --output whole: the run folder, a folder holding it, the run's ckpt.pt or any other
+    file that is not an export of that format are refused, and nothing is touched."""
+    (tmp_path / "notes.txt").write_text("mine")
+    cases = [("hf", run, "is the run folder"), ("hf", tmp_path, "a folder that holds the run"),
+             ("gguf", run / "ckpt.pt", "is not a GGUF file"), ("gguf", tmp_path / "notes.txt", "is not a GGUF file"),
+             ("hf", tmp_path, "a folder that holds the run")]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for fmt, output, message in cases:
+        assert export("--out_dir", run, "--format", fmt, "--output", output, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.txt").write_text("x")
+    assert export("--out_dir", run, "--format", "hf", "--output", tmp_path / "other", "--overwrite") == 2
+    assert "is not a Hugging Face model folder" in capsys.readouterr().err
+    # An earlier export of the format is what --overwrite may replace (this run itself is then refused: relu2).
+    (tmp_path / "old.gguf").write_bytes(b"GGUF" + bytes(20))
+    assert export("--out_dir", run, "--format", "gguf", "--output", tmp_path / "old.gguf", "--overwrite") == 2
+    assert "--mlp relu2" in capsys.readouterr().err and (tmp_path / "old.gguf").read_bytes()[:4] == b"GGUF"

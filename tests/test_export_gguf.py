@@ -326,7 +326,7 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary(runs, tmp_path, mo
     import tinyllm.export_gguf as eg
 
     out = tmp_path / "m.gguf"
-    out.write_text("old")
+    out.write_bytes(b"GGUF old")  # an earlier export: the kind of file --overwrite replaces
 
     def fail(*a, **k):
         raise RuntimeError("boom")
@@ -334,7 +334,7 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary(runs, tmp_path, mo
     monkeypatch.setattr(eg, "add_tensors", fail)  # half way through writing the file
     with pytest.raises(RuntimeError):
         export("--out_dir", runs["gpt2-char"], "--format", "gguf", "--output", out, "--overwrite")
-    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+    assert out.read_bytes() == b"GGUF old" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
     monkeypatch.undo()
     assert export("--out_dir", runs["gpt2-char"], "--format", "gguf", "--output", out, "--overwrite") == 0
     assert out.read_bytes()[:4] == b"GGUF" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]

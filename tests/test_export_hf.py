@@ -166,7 +166,8 @@ def test_export_errors_and_atomic_output(corpus, tmp_path, capsys, monkeypatch):
     assert not hf_dir.exists()
 
     train(corpus, run, "--max_steps", "1", "--overwrite")
-    hf_dir.mkdir()
+    hf_dir.mkdir()  # an earlier export (the only kind of folder --overwrite replaces), with a file of the user's
+    (hf_dir / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"]}')
     (hf_dir / "keep.txt").write_text("mine")
     assert export("--out_dir", run, "--output", hf_dir) == 2  # never replaced without --overwrite
     assert "--overwrite" in capsys.readouterr().err and (hf_dir / "keep.txt").read_text() == "mine"
@@ -179,7 +180,7 @@ def test_export_errors_and_atomic_output(corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ex, "self_check", fail)  # a failure half way through writing the folder
     with pytest.raises(RuntimeError):
         export("--out_dir", run, "--output", hf_dir, "--overwrite")
-    assert [p.name for p in hf_dir.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in hf_dir.iterdir()) == ["config.json", "keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "hf", "run"]  # no temporary left
     monkeypatch.undo()
 

@@ -7,7 +7,9 @@ exactly or refused; a refusal names every option in the way, as the command line
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from tinyllm.errors import UserError
@@ -78,3 +80,47 @@ def refuse_unmet(a: ModelArgs, needs: list[tuple[str, Any, Any]], where: str, ta
         need = _join([flag(name, value) for name, _, value in unmet])
         raise UserError(f"cannot export {have} to {where}: {flag('pos_encoding', a.pos_encoding)} exports as "
                         f"{target}, which needs {need}")
+
+
+def check_output(out_dir: str | Path, output: Path, fmt: str, overwrite: bool) -> None:
+    """Refuse an --output whose replacement would lose work. Without --overwrite nothing existing is replaced
+    (an empty folder is fine for a Hugging Face export); with it, only an earlier export of the same format: never
+    the run folder or a folder holding it (replacing it would delete the run), and never another kind of file,
+    such as the run's ckpt.pt."""
+    run, out = Path(out_dir).resolve(), output.resolve()
+    if out == run or out in run.parents:
+        where = "the run folder" if out == run else f"a folder that holds the run {out_dir}"
+        raise UserError(f"--output {output} is {where}; writing the export there would delete the run: choose "
+                        "another --output")
+    if fmt == "gguf":
+        if output.is_dir():
+            raise UserError(f"--output {output} is a folder; name the .gguf file to write")
+        if output.exists() and not overwrite:
+            raise UserError(f"--output {output} already exists; choose another file or pass --overwrite to replace "
+                            "it")
+        if output.exists() and not _is_gguf(output):
+            raise UserError(f"--output {output} is not a GGUF file; --overwrite only replaces an earlier export: "
+                            "choose another file")
+        return
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output} is a file; choose a folder")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise UserError(f"--output {output} already exists and is not empty; choose another folder or pass "
+                            "--overwrite to replace it")
+        if not _is_hf_export(output):
+            raise UserError(f"--output {output} is not a Hugging Face model folder (no config.json naming its "
+                            "architectures); --overwrite only replaces an earlier export: choose another folder")
+
+
+def _is_gguf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _is_hf_export(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and bool(cfg.get("architectures"))

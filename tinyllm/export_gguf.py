@@ -61,6 +61,7 @@ from tinyllm.errors import UserError
 from tinyllm.export_common import (
     GGUF_DTYPES,
     check_known_options,
+    check_output,
     common_needs,
     flag,
     qk_norm_target_needs,
@@ -406,10 +407,7 @@ def export_gguf(out_dir: str | Path, output: str | Path, which: str = "last", dt
     from tinyllm.generate import load_model
 
     output = Path(output)
-    if output.is_dir():
-        raise UserError(f"--output {output} is a folder; name the .gguf file to write")
-    if output.exists() and not overwrite:
-        raise UserError(f"--output {output} already exists; choose another file or pass --overwrite to replace it")
+    check_output(out_dir, output, "gguf", overwrite)
     _gguf()  # before loading anything: a missing package is the first thing to say
     model, tokenizer, ckpt = load_model(str(out_dir), which, "cpu", use_ema=use_ema)
     summary = describe(model.args, tokenizer, dtype)

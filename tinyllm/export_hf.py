@@ -42,6 +42,7 @@ from tinyllm.errors import UserError
 from tinyllm.export_common import (
     GATED_ACTIVATIONS,
     check_known_options,
+    check_output,
     common_needs,
     flag,
     qk_norm_target_needs,
@@ -319,11 +320,7 @@ def export_hf(out_dir: str | Path, output: str | Path, which: str = "last", use_
     from tinyllm.generate import load_model
 
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise UserError(f"--output {output} already exists and is not empty; choose another folder or pass "
-                        "--overwrite to replace it")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output {output} is a file; choose a folder")
+    check_output(out_dir, output, "hf", overwrite)
     _transformers().utils.logging.disable_progress_bar()  # one line of output, not a bar per file
     model, tokenizer, ckpt = load_model(str(out_dir), which, "cpu", use_ema=use_ema)
     target = choose_target(model.args)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tinyllm.errors import UserError
 from tinyllm.export import DEFAULT_GGUF_DTYPE, FORMATS, check_run, command, command_text, default_output
+from tinyllm.export_common import check_output
 from tinyllm.gui.runs import child_env
 
 EXPORT_TIMEOUT_S = 3600.0
@@ -73,12 +74,14 @@ def plan_export(resolve, run: str | None, which: str, fmt: str, dtype: str | Non
         return ExportPlan(False, f"**refused:** {line}", argv, output)
     message = f"**{FORMATS[fmt]}:** {line}"
     target = resolve(output)
-    if target.exists() and not (target.is_dir() and fmt == "hf" and not any(target.iterdir())) and not overwrite:
+    empty_folder = fmt == "hf" and target.is_dir() and not any(target.iterdir())
+    if target.exists() and not empty_folder and not overwrite:
         return ExportPlan(False, f"{message}\n\n**`{output}` already exists:** tick *replace an existing output* "
                                  "or choose another path.", argv, output)
-    if fmt == "gguf" and target.is_dir():
-        return ExportPlan(False, f"{message}\n\n**`{output}` is a folder:** name the .gguf file to write.", argv,
-                          output)
+    try:  # what the export itself refuses: the run's own folder or files, a folder for a .gguf, ...
+        check_output(resolve(run), target, fmt, overwrite)
+    except UserError as e:
+        return ExportPlan(False, f"{message}\n\n**refused:** {e}", argv, output)
     return ExportPlan(True, message, argv, output)
 
 
