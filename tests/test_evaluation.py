@@ -84,6 +84,11 @@ def test_eval_full_from_the_command_line(corpus, tmp_path):
     assert train(corpus, tmp_path / "run", "--max_steps", "4", "--eval_interval", "2", "--eval_full") == 0
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["val_loss"]) for r in rows)
+    # From a memory-mapped token file (tokens.bin): the same run, the same figures.
+    assert train(corpus, tmp_path / "mm", "--max_steps", "4", "--eval_interval", "2", "--eval_full",
+                 "--memmap_dataset") == 0
+    mm = [r for r in read_metrics(tmp_path / "mm" / "metrics.jsonl") if "val_loss" in r]
+    assert [(r["step"], r["val_loss"]) for r in mm] == [(r["step"], r["val_loss"]) for r in rows]
 
 
 def test_eval_row_reports_bits_per_byte_where_known():

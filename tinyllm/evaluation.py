@@ -17,6 +17,7 @@ from tinyllm.generate import SamplingParams, generate_text, parse_stop
 from tinyllm.model import GPT
 from tinyllm.precision import Precision
 from tinyllm.runlog import RunLog
+from tinyllm.tokens import TokenFile, gather_windows
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def evaluate(model: torch.nn.Module, splits: dict[str, torch.Tensor], cfg: Confi
     return out
 
 
-def whole_split_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int, batch_size: int,
+def whole_split_loss(model: torch.nn.Module, data: torch.Tensor | TokenFile, block_size: int, batch_size: int,
                      device: torch.device, precision: Precision) -> tuple[float, int]:
     """(mean loss over every token of data, batches it took): disjoint windows of block_size, so each token is
     predicted once from the tokens before it in its window, as in training. Random windows drawn with
@@ -54,7 +55,8 @@ def whole_split_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int
     total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in batches:
         length = batch[0][1]
-        rows = torch.stack([data[s:s + length + 1] for s, _, _ in batch]).long().to(device)
+        starts = torch.tensor([s for s, _, _ in batch])
+        rows = gather_windows(data, starts[:, None] + torch.arange(length + 1)).to(device)  # a TokenFile too
         with precision.autocast():
             loss = model(rows[:, :-1], rows[:, 1:])[1].float()
         total += loss.double() * rows[:, 1:].numel()
