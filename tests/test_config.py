@@ -48,6 +48,12 @@ def test_int_accepted_for_float():
     # these used to reach torch.multinomial as infinities and crash --generate_only with a traceback
     (["--temperature", "1e-300"], "--temperature must be 0 \\(greedy\\) or at least 1e-06"),
     (["--repetition_penalty", "1e-300"], "--repetition_penalty must be between 1e-06 and 1e\\+06"),
+    # beta 1 divides by zero in Adam's bias correction (or the optimizer refuses it with a traceback)
+    (["--beta1", "1"], "--beta1 must be less than 1.0"),
+    (["--beta2", "1.0"], "--beta2 must be less than 1.0"),
+    # torch.manual_seed overflows beyond 64 bits, where the evaluation's seed offsets took it mid-run
+    (["--seed", "18446744073709551615"], "--seed must be at most 4294967295"),
+    (["--seed", "-1"], "--seed must be at least 0"),
 ])
 def test_validation(argv, needle):
     with pytest.raises(UserError, match=needle):

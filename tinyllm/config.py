@@ -33,6 +33,7 @@ def opt(
     min: float | None = None,
     min_exclusive: bool = False,
     max: float | None = None,
+    max_exclusive: bool = False,
     shape: bool = False,
     invocation: bool = False,
 ) -> Any:
@@ -45,7 +46,7 @@ def opt(
     """
     assert group in GROUPS, group
     meta = {"help": help, "group": group, "choices": choices, "min": min, "min_exclusive": min_exclusive,
-            "max": max, "shape": shape, "invocation": invocation}
+            "max": max, "max_exclusive": max_exclusive, "shape": shape, "invocation": invocation}
     return field(default=default, metadata=meta)
 
 
@@ -125,7 +126,7 @@ class Config:
                           "training", min=0.0)
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this value; 0 disables clipping.",
                            "training", min=0.0)
-    seed: int = opt(1337, "Random seed for weights, batches and sampling.", "training")
+    seed: int = opt(1337, "Random seed for weights, batches and sampling.", "training", min=0, max=2**32 - 1)
     grad_accum_steps: int = opt(1, "Micro-batches per optimizer step; effective batch = batch_size x this x "
                                 "world size.", "training", min=1)
     amp: bool = opt(False, "Mixed precision: bf16 (CUDA with bf16, CPUs with native bf16), fp16 + loss scaling "
@@ -159,8 +160,8 @@ class Config:
     lr: float = opt(3e-3, "Peak learning rate.", "optimizer", min=0.0, min_exclusive=True)
     weight_decay: float = opt(0.1, "AdamW weight decay (never applied to norms, biases or embeddings).",
                               "optimizer", min=0.0)
-    beta1: float = opt(0.9, "Adam beta1.", "optimizer", min=0.0, max=1.0)
-    beta2: float = opt(0.99, "Adam beta2.", "optimizer", min=0.0, max=1.0)
+    beta1: float = opt(0.9, "Adam beta1.", "optimizer", min=0.0, max=1.0, max_exclusive=True)
+    beta2: float = opt(0.99, "Adam beta2.", "optimizer", min=0.0, max=1.0, max_exclusive=True)
     optimizer: str = opt("adamw", "adamw, adamw8bit (bitsandbytes), lion or muon (Muon for the blocks' "
                          "matrices, AdamW for the rest).", "optimizer", choices=("adamw", "adamw8bit", "lion", "muon"))
     muon_lr: float = opt(0.02, "Learning rate of the Muon-updated matrices (with --optimizer muon).", "optimizer",
@@ -278,8 +279,9 @@ def validate(cfg: Config) -> Config:
         if lo is not None and (value < lo or (meta["min_exclusive"] and value == lo)):
             bound = f"greater than {lo}" if meta["min_exclusive"] else f"at least {lo}"
             raise UserError(f"--{name} must be {bound}, got {value}")
-        if hi is not None and value > hi:
-            raise UserError(f"--{name} must be at most {hi}, got {value}")
+        if hi is not None and (value > hi or (meta["max_exclusive"] and value == hi)):
+            bound = f"less than {hi}" if meta["max_exclusive"] else f"at most {hi}"
+            raise UserError(f"--{name} must be {bound}, got {value}")
     if 0 < cfg.temperature < MIN_SAMPLING_SCALE:
         raise UserError(f"--temperature must be 0 (greedy) or at least {MIN_SAMPLING_SCALE:g}, got {cfg.temperature}")
     if not MIN_SAMPLING_SCALE <= cfg.repetition_penalty <= MAX_REPETITION_PENALTY:
@@ -395,14 +397,12 @@ def _md_allowed(f: dataclasses.Field) -> str:
     meta = f.metadata
     if meta["choices"]:
         return ", ".join(f"`{c}`" for c in meta["choices"])
-    lo, hi = meta["min"], meta["max"]
-    if lo is not None and hi is not None:
-        return f"{lo:g} to {hi:g}" if not meta["min_exclusive"] else f"> {lo:g}, ≤ {hi:g}"
-    if lo is not None:
-        return f"> {lo:g}" if meta["min_exclusive"] else f"≥ {lo:g}"
-    if hi is not None:
-        return f"≤ {hi:g}"
-    return ""
+    lo, hi = (v if v is None or isinstance(v, int) else f"{v:g}" for v in (meta["min"], meta["max"]))
+    low = None if lo is None else f"> {lo}" if meta["min_exclusive"] else f"≥ {lo}"
+    high = None if hi is None else f"< {hi}" if meta["max_exclusive"] else f"≤ {hi}"
+    if low and high and not (meta["min_exclusive"] or meta["max_exclusive"]):
+        return f"{lo} to {hi}"
+    return ", ".join(b for b in (low, high) if b)
 
 
 def _md_flag(name: str, f: dataclasses.Field) -> str:

@@ -41,7 +41,8 @@ class FieldSpec:
             bounds.append(f"> {self.min:g}" if C.FIELDS[self.name].metadata.get("min_exclusive")
                           else f">= {self.min:g}")
         if self.max is not None:
-            bounds.append(f"<= {self.max:g}")
+            bounds.append(f"< {self.max:g}" if C.FIELDS[self.name].metadata.get("max_exclusive")
+                          else f"<= {self.max:g}")
         extra = f" ({', '.join(bounds)})" if bounds else ""
         return self.help + extra + (" Fixed once a run has started." if self.shape else "")
 
