@@ -32,6 +32,13 @@ def test_a_fresh_run_is_refused_in_a_folder_holding_one_unless_overwritten(tmp_p
     assert (out / "ckpt.pt").read_bytes() == b"old"
     prepare_run_dir(out, None, overwrite=True)
     assert holds_run(out) == [] and (out / "notes.txt").read_text() == "mine"  # only the run's own files go
+    assert (out / ".replaced" / "ckpt.pt").read_bytes() == b"old"  # set aside until the new run has a checkpoint
+
+
+def test_a_run_without_a_checkpoint_is_not_sent_to_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')  # killed, or failed, before its first checkpoint
+    with pytest.raises(UserError, match=r"\(metrics.jsonl\); it has no ckpt.pt to resume: replace it with --overwrite"):
+        prepare_run_dir(tmp_path, None, overwrite=False)
 
 
 def test_resume_drops_the_metric_rows_after_the_checkpoint(tmp_path):

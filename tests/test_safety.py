@@ -233,6 +233,33 @@ def test_existing_run_needs_overwrite(corpus, tmp_path, capsys):
     rows = read_metrics(out / "metrics.jsonl")
     assert rows[0]["step"] == 1 and [r for r in rows if r.get("event")] == [rows[-1]]  # the old rows are gone
     assert load_checkpoint(out / "ckpt.pt")["step"] == 4
+    assert not (out / ".replaced").exists()  # the replaced run went once this one had its checkpoint
+
+
+def test_a_failed_overwrite_gives_the_old_run_back(corpus, tmp_path, monkeypatch, capsys):
+    """--overwrite sets the old run aside until the new one has saved a checkpoint: a run that fails before
+    that (here a non-finite loss at step 3, checkpoints every 5 steps) leaves the old run's every file as it was."""
+    out = tmp_path / "run"
+    assert train(corpus, out, "--max_steps", "3") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    assert {"ckpt.pt", "metrics.jsonl", "config.json", "tokenizer.json", "train.log"} <= set(before)
+    capsys.readouterr()
+    nan_on_call(monkeypatch, 3)
+    assert train(corpus, out, "--max_steps", "4", "--overwrite", "--seed", "5", "--checkpoint_interval", "5") == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "that --overwrite was to replace is restored as it was" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert not (out / ".replaced").exists()
+
+    # Killed before its first checkpoint, a replacing run leaves the old run set aside: the next --overwrite
+    # keeps that older run (not the killed one's files) until it has a checkpoint of its own.
+    (out / ".replaced").mkdir()
+    for name in before:
+        (out / name).rename(out / ".replaced" / name)
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 4.0}\n')  # the killed run's
+    nan_on_call(monkeypatch, 3)
+    assert train(corpus, out, "--max_steps", "4", "--overwrite", "--seed", "5", "--checkpoint_interval", "5") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
 
 
 def test_second_trainer_on_the_same_folder_is_refused(corpus, tmp_path, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from tinyllm.errors import UserError
 from tinyllm.metrics import read_metrics
 
 RUN_FILES = ("ckpt.pt", "ckpt_best.pt", "metrics.jsonl", "train.log")
+# What --overwrite sets aside: the run's files, and what describes them. They stay in REPLACED until the new run
+# has saved a checkpoint, and come back if it ends without one, so a failed replacement loses nothing.
+SET_ASIDE_FILES = (*RUN_FILES, "config.json", "tokenizer.json", "loss.png")
+REPLACED = ".replaced"
 LOCK_FILE = ".lock"
 
 try:
@@ -141,16 +146,51 @@ def prepare_run_dir(out: Path, resume_step: int | None, overwrite: bool) -> None
     if resume_step is None:
         existing = holds_run(out)
         if existing and not overwrite:
-            raise UserError(f"--out_dir {out} already holds a run ({', '.join(existing)}); continue it with --resume, "
-                            "replace it with --overwrite, or choose another --out_dir")
-        for name in existing:
-            (out / name).unlink(missing_ok=True)
+            resume = "continue it with --resume, " if "ckpt.pt" in existing else "it has no ckpt.pt to resume: "
+            raise UserError(f"--out_dir {out} already holds a run ({', '.join(existing)}); {resume}replace it with "
+                            "--overwrite, or choose another --out_dir")
+        aside = out / REPLACED
+        # A set-aside run is already there when the run meant to replace it was killed before its first
+        # checkpoint: that older run is the one worth keeping, so the killed run's files go.
+        keep_older = aside.is_dir()
+        if existing and not keep_older:
+            aside.mkdir()
+        for name in SET_ASIDE_FILES:
+            if (out / name).exists():
+                if keep_older or not existing:
+                    (out / name).unlink()
+                else:
+                    os.replace(out / name, aside / name)
         return
     metrics = out / "metrics.jsonl"
     rows = read_metrics(metrics)
     kept = [r for r in rows if r.get("step", 0) <= resume_step]
     if len(kept) != len(rows) or (metrics.exists() and not metrics.read_text().endswith("\n")):
         atomic_write_text(metrics, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+
+
+def discard_replaced(out: Path) -> bool:
+    """The new run has a checkpoint: the run it replaced goes for good. Whether there was one."""
+    aside = Path(out) / REPLACED
+    if not aside.is_dir():
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def restore_replaced(out: Path) -> bool:
+    """The new run ends without a checkpoint: its files go and the run it was to replace comes back, as it was.
+    Whether there was one."""
+    out = Path(out)
+    aside = out / REPLACED
+    if not aside.is_dir():
+        return False
+    for name in SET_ASIDE_FILES:
+        (out / name).unlink(missing_ok=True)
+        if (aside / name).exists():
+            os.replace(aside / name, out / name)
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 def check_writable(out: Path) -> None:

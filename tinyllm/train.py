@@ -18,6 +18,7 @@ skip a non-finite step) are all-reduced once per step.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from tinyllm.model import GPT, ModelArgs
 from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
 from tinyllm.plot import plot_at_end
 from tinyllm.precision import Precision, choose_precision, cpu_description, separate_compile_cache
-from tinyllm.rundir import RunLock, check_writable, prepare_run_dir
+from tinyllm.rundir import REPLACED, RunLock, check_writable, discard_replaced, prepare_run_dir, restore_replaced
 from tinyllm.runlog import (
     EXIT_CODES,
     STOP_FILE,
@@ -125,7 +126,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: dict[str, Any] | None, dist: distributed.Dist,
                  init: Source | None = None):
         self.cfg, self.dist = cfg, dist
-        self.plot_pending = False
+        self.plot_pending = self.replacing = False
         # Where the run started from: recorded in every checkpoint (a resumed run keeps its record).
         self.origin = init.origin() if init is not None else (resume or {}).get("origin")
         self.notes = [f"init: starting from {init.description}", *init.notes] if init is not None else []
@@ -154,6 +155,8 @@ class Trainer:
             self._build(cfg, resume, dist, init)
         except BaseException:
             self.__dict__.pop("fwd_model", None)  # a DDP wrapper holds the process group: teardown frees it
+            if self.replacing:
+                restore_replaced(self.out)
             if self.lock:
                 self.lock.release()
             raise
@@ -193,6 +196,7 @@ class Trainer:
         # Everything is validated and built: only now may the run folder change.
         if dist.is_main:
             prepare_run_dir(self.out, resume_step=self.progress.step if resume else None, overwrite=cfg.overwrite)
+            self.replacing = (self.out / REPLACED).is_dir()  # a run set aside until this one has a checkpoint
             save_json(cfg, self.out / "config.json")
             ckpt_io.atomic_write_text(self.out / "tokenizer.json", self.tokenizer.to_json())
             (self.out / STOP_FILE).unlink(missing_ok=True)
@@ -262,6 +266,8 @@ class Trainer:
         path = self.out / ckpt_io.CKPT_NAMES[which]
         try:
             ckpt_io.save_checkpoint(state, path)
+            if self.replacing and which == "last":
+                self.replacing = not discard_replaced(self.out)
             return True
         except OSError as e:
             self.log(f"error: could not save {path} ({e.strerror or e}); the previous {path.name} is intact")
@@ -546,6 +552,9 @@ class Trainer:
         self.log.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.replacing and restore_replaced(self.out):
+            print(f"the run in {self.out} that --overwrite was to replace is restored as it was: this run ended "
+                  "without a checkpoint", file=sys.stderr)
         if self.lock:
             self.lock.release()
 
