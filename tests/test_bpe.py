@@ -18,6 +18,7 @@ from tinyllm.tokenizer import (
     EOT_TOKEN,
     MIN_BPE_VOCAB,
     BPETokenizer,
+    CharTokenizer,
     _byte_level_chars,
     safe_cut,
     split_text,
@@ -114,6 +115,22 @@ def test_decode_is_clean_when_streamed(tok):
     # Bytes a model made up that are not UTF-8 become U+FFFD instead of raising.
     lone_continuation = next(i for i in range(1, 257) if tok._token_bytes[i] == b"\x80")
     assert tok.decode([lone_continuation] + tok.encode("ok")) == "\ufffdok"
+
+
+def test_stream_decoder_pieces_join_to_decode(tok):
+    """Fed one id at a time, the stream decoder's pieces join to decode() of the ids so far, for any ids: split
+    characters, made-up bytes that are not UTF-8, and ids past the vocabulary alike."""
+    rng = random.Random(3)
+    text_ids = tok.encode("naïve café 🙂 日本 ")
+    for trial in range(50):
+        ids = text_ids + [rng.randrange(tok.vocab_size + 3) for _ in range(40)] if trial else text_ids
+        decode, joined = tok.stream_decoder(), ""
+        for k, i in enumerate(ids, 1):
+            joined += decode(i)
+            assert joined == tok.decode(ids[:k]), (trial, k)
+    char = CharTokenizer(list("\nab€🙂"))
+    decode = char.stream_decoder()
+    assert "".join(decode(i) for i in [3, 1, 4, 0]) == char.decode([3, 1, 4, 0]) == "€a🙂\n"
 
 
 def test_json_round_trip_embeds_everything(tok):

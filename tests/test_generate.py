@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tinyllm.generate import SamplingParams, generate, process_logits, sample_next
+from tinyllm.generate import PenaltyWindow, SamplingParams, generate, process_logits, sample_next
 from tinyllm.model import GPT, ModelArgs
 
 
@@ -82,3 +82,20 @@ def test_seeded_sampling_is_reproducible(tiny_model):
     b = torch.cat(list(generate(tiny_model, idx, 15, p, torch.Generator().manual_seed(1))), 1)
     c = torch.cat(list(generate(tiny_model, idx, 15, p, torch.Generator().manual_seed(2))), 1)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_repetition_penalty_covers_the_last_block_size_tokens(tiny_model):
+    window = PenaltyWindow(torch.tensor([[1, 2, 3, 4]]), vocab_size=6, size=3)  # the prompt's last 3: 2, 3, 4
+    assert window.seen().tolist() == [[False, False, True, True, True, False]]
+    window.add(torch.tensor([[2]]))  # 3, 4, 2: token 2 counted twice when it was in the window
+    window.add(torch.tensor([[5]]))  # 4, 2, 5: the first 2 and the 3 leave
+    assert window.seen().tolist() == [[False, False, True, False, True, True]]
+    # So a prompt longer than the context is penalised as its last block_size tokens, as the model sees it,
+    # however long the generation goes on (here 3 context windows).
+    model = tiny_model
+    params = SamplingParams(temperature=0, repetition_penalty=3.0)
+    long_prompt = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2, 3]])
+    tail = long_prompt[:, -model.args.block_size:]
+    for kv in (False, True):
+        got = [int(t) for t in generate(model, long_prompt, 24, params, kv_cache=kv)]
+        assert got == [int(t) for t in generate(model, tail, 24, params, kv_cache=kv)]

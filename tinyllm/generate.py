@@ -117,21 +117,43 @@ class _Cached:
             self.pending = nxt
 
 
+class PenaltyWindow:
+    """The tokens the repetition penalty covers: the last `size` (= block_size) of the prompt and the text
+    generated, as llama.cpp's penalty_last_n (which the GGUF export sets to block_size) counts them."""
+
+    def __init__(self, idx: torch.Tensor, vocab_size: int, size: int):
+        self.size, self.tokens = size, idx[:, -size:]
+        self.counts = torch.zeros(idx.size(0), vocab_size, dtype=torch.int32, device=idx.device)
+        self.counts.scatter_add_(1, self.tokens, torch.ones_like(self.tokens, dtype=torch.int32))
+
+    def seen(self) -> torch.Tensor:
+        return self.counts > 0
+
+    def add(self, nxt: torch.Tensor) -> None:
+        one = torch.ones_like(nxt, dtype=torch.int32)
+        self.counts.scatter_add_(1, nxt, one)
+        self.tokens = torch.cat([self.tokens, nxt], dim=1)
+        if self.tokens.size(1) > self.size:  # the oldest token leaves the window
+            self.counts.scatter_add_(1, self.tokens[:, :1], -one)
+            self.tokens = self.tokens[:, 1:]
+
+
 @torch.no_grad()
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, params: SamplingParams,
              generator: torch.Generator | None = None, kv_cache: bool | None = None) -> Iterator[torch.Tensor]:
     """Yield (B, 1) new token ids one step at a time, so callers can stream text as it comes.
     `kv_cache`, when given, overrides `params.kv_cache`."""
-    seen = torch.zeros(idx.size(0), model.args.vocab_size, dtype=torch.bool, device=idx.device)
-    seen.scatter_(1, idx, True)
+    penalty = PenaltyWindow(idx, model.args.vocab_size, model.args.block_size) \
+        if params.repetition_penalty != 1.0 else None
     cached = params.kv_cache if kv_cache is None else kv_cache
     source = (_Cached if cached else _Recompute)(model, idx[:, -model.args.block_size:])
     was_training = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            nxt = sample_next(source.logits(), seen, params, generator)
-            seen.scatter_(1, nxt, True)
+            nxt = sample_next(source.logits(), penalty.seen() if penalty else None, params, generator)
+            if penalty:
+                penalty.add(nxt)
             source.append(nxt)
             yield nxt
     finally:
@@ -218,17 +240,19 @@ def stream_text(model: GPT, tokenizer, ids: list[int], max_new_tokens: int, para
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     scanner = StopScanner(stops or [])
-    new: list[int] = []
-    shown = 0
+    decode = tokenizer.stream_decoder()
+    # Only the text not yet shown is kept and scanned: a stop string cannot start in text already shown
+    # (StopScanner holds back every tail that could begin one), so each token costs the same however long the
+    # stream has grown.
+    held = ""
     with contextlib.closing(generate(model, idx, max_new_tokens, params, generator)) as tokens:
         for i, tok in enumerate(tokens):
-            new.append(int(tok))
-            text = tokenizer.decode(new)
-            end, stopped = scanner.cut(text)
+            held += decode(int(tok))
+            end, stopped = scanner.cut(held)
             if i == max_new_tokens - 1 and not stopped:
-                end = len(text)  # the last token: a held-back tail that never became a stop string is text
-            yield text[shown:end]
-            shown = max(shown, end)
+                end = len(held)  # the last token: a held-back tail that never became a stop string is text
+            yield held[:end]
+            held = held[end:]
             if stopped:
                 return "stop"
     return "length"

@@ -27,7 +27,7 @@ import codecs
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,6 +52,10 @@ class Tokenizer(Protocol):
     def encode(self, text: str, drop_unknown: bool | None = None) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        """A decoder fed one id at a time: the pieces it returns, joined, are decode() of the ids so far."""
+        ...
 
     def to_json(self) -> str: ...
 
@@ -174,6 +178,9 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i] for i in ids)
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        return self.chars.__getitem__
 
     def byte_lengths(self) -> np.ndarray:
         return np.array([len(c.encode("utf-8", "surrogatepass")) for c in self.chars], dtype=np.int64)
@@ -335,6 +342,12 @@ class BPETokenizer:
         n = len(self._token_bytes)
         data = b"".join(self._token_bytes[i] for i in ids if i < n)
         return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
+
+    def stream_decoder(self) -> Callable[[int], str]:
+        """decode() one id at a time: an incomplete character is held until the ids that complete it arrive,
+        so a stream of any length costs the same per token."""
+        decoder, table = codecs.getincrementaldecoder("utf-8")("replace"), self._token_bytes
+        return lambda i: decoder.decode(table[i]) if i < len(table) else ""
 
     def byte_lengths(self) -> np.ndarray:
         return np.array([len(b) for b in self._token_bytes], dtype=np.int64)

@@ -88,9 +88,8 @@ class Generator:
         ids = prompt_ids(tokenizer, prompt or "", drop_unknown)
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
-        new: list[int] = []
-        yield prompt or ""
+        text, decode = prompt or "", tokenizer.stream_decoder()  # (holds a BPE character until it is whole)
+        yield text
         for tok in generate(model, idx, cfg.sample_chars, SamplingParams.from_config(cfg), gen, **kwargs):
-            new.append(int(tok))
-            # Decoding the whole continuation each time keeps multi-token characters (BPE) intact.
-            yield (prompt or "") + tokenizer.decode(new)
+            text += decode(int(tok))
+            yield text
