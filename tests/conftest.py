@@ -115,6 +115,19 @@ def tiny_model(seed=0, **kw):
     return GPT(ModelArgs(**({"vocab_size": 13, "n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 8} | kw)))
 
 
+def checkpoint_state(config: dict, step: int = 3) -> dict:
+    """A complete checkpoint as a training run writes one, with a tiny model's weights, for tests of what reads
+    checkpoints (config resolution, the CLI) rather than of training: its config need not be the model's."""
+    from tinyllm.checkpoint import FORMAT_VERSION
+    from tinyllm.tokenizer import CharTokenizer
+
+    model = tiny_model()
+    return {"format_version": FORMAT_VERSION, "config": config, "model_args": model.args.to_dict(),
+            "model": model.state_dict(), "tokenizer": CharTokenizer(list("\n abc")).to_json(), "step": step,
+            "optimizer": {}, "data_state": {}, "rng": {}, "tokens_seen": 0, "best_val_loss": float("inf"),
+            "time_s": 0.0}
+
+
 @pytest.fixture
 def fake_clock(monkeypatch):
     """tinyllm.train's clock made of the work done: each training step takes `step_s` seconds, each

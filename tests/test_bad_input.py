@@ -2,7 +2,7 @@
 nothing in an existing run folder overwritten."""
 
 import pytest
-from conftest import CLASSIC, TINY, run_cli, run_subprocess
+from conftest import CLASSIC, TINY, exit_status, run_cli, run_subprocess
 
 
 @pytest.fixture
@@ -97,6 +97,41 @@ def test_corrupt_and_truncated_checkpoint(existing_run, capsys):
     assert ckpt.read_bytes() == data[: len(data) // 2]
     ckpt.write_bytes(b"not a checkpoint at all")
     check(["--out_dir", existing_run, "--generate_only"], "corrupt or truncated", capsys)
+
+
+def test_checkpoints_that_load_but_do_not_fit_together(existing_run, tmp_path, capsys):
+    """Edited or damaged in ways a zip check cannot see: every reader (resume, sampling, export, evaluation)
+    says so in one line instead of a traceback from load_state_dict or a missing key."""
+    import torch
+
+    from tinyllm import evaluate, export
+    from tinyllm.checkpoint import load_checkpoint, save_checkpoint
+
+    good = load_checkpoint(existing_run / "ckpt.pt")
+    text = tmp_path / "t.txt"
+    text.write_text("some text to score\n" * 20)
+    edits = {
+        "a setting of a newer tinyllm": (lambda c: c["model_args"].update(future_opt=1), "does not know (future_opt)"),
+        "a weight missing": (lambda c: c["model"].pop("norm_f.weight"), "missing norm_f.weight"),
+        "a weight reshaped": (lambda c: c["model"].update({"tok_emb.weight": torch.zeros(3, 3)}),
+                              "wrong shape tok_emb.weight"),
+    }
+    for what, (edit, needle) in edits.items():
+        ckpt = {**good, "model_args": dict(good["model_args"]), "model": dict(good["model"])}
+        edit(ckpt)
+        save_checkpoint(ckpt, existing_run / "ckpt.pt")
+        for args in (["--out_dir", existing_run, "--generate_only"], ["--out_dir", existing_run, "--resume"]):
+            check(args, needle, capsys)
+        for main, args in ((export.main, ["--out_dir", existing_run, "--output", tmp_path / "x.gguf",
+                                          "--format", "gguf"]),
+                           (evaluate.main, ["--model", existing_run, "--data_path", text])):
+            assert exit_status(main, args) == 2, what
+            err = capsys.readouterr().err
+            assert needle in err and "Traceback" not in err, (what, err)
+    # Sampling needs the weights only; resuming needs the training state too.
+    save_checkpoint({k: v for k, v in good.items() if k != "optimizer"}, existing_run / "ckpt.pt")
+    check(["--out_dir", existing_run, "--resume"], "no training state to resume (optimizer missing)", capsys)
+    assert run_cli(["--out_dir", existing_run, "--generate_only", "--sample_chars", "5"]) == 0
 
 
 def test_shape_conflicts(existing_run, capsys):

@@ -3,12 +3,12 @@ exit status: 0, the run's own status, 2 with one line for bad input, 130 for Ctr
 across every flag is in tests/test_bad_input.py."""
 
 import pytest
-from conftest import run_cli
+from conftest import checkpoint_state, run_cli
 
 from tinyllm import config as C
 from tinyllm import generate_cli
 from tinyllm import train as train_mod
-from tinyllm.checkpoint import FORMAT_VERSION, save_checkpoint
+from tinyllm.checkpoint import save_checkpoint
 from tinyllm.errors import UserError
 
 
@@ -34,9 +34,7 @@ def test_main_calls_the_trainer_or_the_sampler(calls, tmp_path):
     seen, outcome = calls
     out = tmp_path / "run"
     out.mkdir()
-    state = {"format_version": FORMAT_VERSION, "config": C.Config(out_dir=str(out), lr=0.125).to_dict(),
-             "model_args": {}, "model": {}, "tokenizer": "", "step": 3}
-    save_checkpoint(state, out / "ckpt.pt")
+    save_checkpoint(checkpoint_state(C.Config(out_dir=str(out), lr=0.125).to_dict()), out / "ckpt.pt")
     assert run_cli(["--out_dir", out, "--lr", "0.5"]) == 0
     assert run_cli(["--out_dir", out, "--resume"]) == 0
     assert run_cli(["--out_dir", out, "--generate_only", "--lr", "0.25"]) == 0

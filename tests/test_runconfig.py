@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, checkpoint_state, run_cli
 
 from tinyllm import config as C
-from tinyllm.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from tinyllm.checkpoint import load_checkpoint, save_checkpoint
 from tinyllm.cli import build_parser
 from tinyllm.errors import UserError
 from tinyllm.runconfig import resolve_config
@@ -51,10 +51,9 @@ def test_resume_may_change_training_flags_but_not_shapes(corpus, tmp_path, capsy
 
 
 def fake_run(out: Path, **config) -> dict:
-    """A run folder whose ckpt.pt holds `config` on top of the defaults (no weights: resolution reads none)."""
+    """A run folder whose ckpt.pt holds `config` on top of the defaults (and a tiny model's weights)."""
     cfg = C.Config(out_dir=str(out), **config).to_dict()
-    state = {"format_version": FORMAT_VERSION, "config": cfg, "model_args": {}, "model": {}, "tokenizer": "",
-             "step": 3}
+    state = checkpoint_state(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(state, out / "ckpt.pt")
     save_checkpoint(state | {"step": 2}, out / "ckpt_best.pt")

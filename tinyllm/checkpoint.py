@@ -33,6 +33,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 REQUIRED_KEYS = ("format_version", "config", "model_args", "model", "tokenizer", "step")
+# What --resume needs besides: the training state at the step the checkpoint was saved.
+RESUME_KEYS = ("optimizer", "data_state", "rng", "tokens_seen", "best_val_loss", "time_s")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -61,6 +63,47 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{p} was written by a newer tinyllm (format {ckpt['format_version']}); upgrade tinyllm")
     ckpt["model"] = strip_prefixes(ckpt["model"])
     return ckpt
+
+
+def check_weights(ckpt: dict[str, Any], p: str | Path) -> None:
+    """Before a model is built from a loaded checkpoint: its model settings are ones this tinyllm knows, and the
+    weights (and EMA weights) are the tensors of that model, name for name and shape for shape. A damaged or
+    edited file is then one clear line, not a traceback from load_state_dict."""
+    from dataclasses import fields
+
+    from tinyllm.model import GPT, ModelArgs
+
+    args = ckpt["model_args"]
+    known = {f.name for f in fields(ModelArgs)}
+    if not isinstance(args, dict) or set(args) - known:
+        unknown = ", ".join(sorted(set(args) - known)) if isinstance(args, dict) else "not a mapping"
+        raise UserError(f"{p} has model settings this tinyllm does not know ({unknown}); it was written by a newer "
+                        "tinyllm (upgrade tinyllm) or edited")
+    try:
+        with torch.device("meta"):  # the tensors' names and shapes, without memory or initialisation
+            want = {k: tuple(v.shape) for k, v in GPT(ModelArgs(**args)).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{p}: its model settings do not make a model ({e}); use another checkpoint") from None
+    for part, what in (("model", "weights"), ("ema", "EMA weights")):
+        if part not in ckpt:
+            continue
+        state = ckpt[part] if part == "model" else strip_prefixes(ckpt[part])
+        got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
+        if got != want:
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+            detail = "; ".join(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                               (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys)
+            raise UserError(f"{p}: its {what} do not match its model settings ({detail}); the file is damaged or "
+                            "was edited: use another checkpoint")
+
+
+def require_resumable(ckpt: dict[str, Any], path: str | Path) -> None:
+    """A checkpoint --resume can continue: one written by a training run, with its training state."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} has no training state to resume ({', '.join(missing)} missing); sample from it "
+                        "with --generate_only, or start a new run from it with --init_from")
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

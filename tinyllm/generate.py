@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
+from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint
 from tinyllm.model import GPT, ModelArgs
 from tinyllm.tokenizer import tokenizer_from_json
 
@@ -164,6 +164,7 @@ def load_model(out_dir: str, which: str = "last", device: str | torch.device = "
     """Model (in eval mode), tokenizer and checkpoint dict from a run folder. The EMA weights are used
     when the checkpoint has them, unless `use_ema` is False."""
     ckpt = load_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
+    check_weights(ckpt, f"{out_dir}/{CKPT_NAMES[which]}")
     return *model_from_checkpoint(ckpt, device, use_ema), ckpt
 
 

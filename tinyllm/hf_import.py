@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
+from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint
 from tinyllm.errors import UserError
 from tinyllm.export_common import GATED_ACTIVATIONS
 from tinyllm.model import GPT, QK_NORM_EPS, ModelArgs, mlp_hidden_size
@@ -146,6 +146,7 @@ def _tinyllm_source(ckpt_path: Path, flag: str, use_ema: bool) -> Source:
 
     try:
         ckpt = load_checkpoint(ckpt_path)
+        check_weights(ckpt, ckpt_path)
         model, _ = model_from_checkpoint(ckpt, "cpu", use_ema)
     except UserError as e:
         raise UserError(f"{flag} {ckpt_path}: {e}") from None

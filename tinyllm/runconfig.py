@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinyllm import config as C
-from tinyllm.checkpoint import CKPT_NAMES, load_checkpoint
+from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint, require_resumable
 from tinyllm.errors import UserError
 
 if TYPE_CHECKING:
@@ -56,7 +56,11 @@ def resolve_run(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None
     which = overrides.get("ckpt", "last") if ns.generate_only else "last"
     if which not in CKPT_NAMES:
         raise UserError(f"--ckpt must be one of {', '.join(CKPT_NAMES)}, got '{which}'")
-    ckpt = load_checkpoint(Path(out_dir) / CKPT_NAMES[which])
+    path = Path(out_dir) / CKPT_NAMES[which]
+    ckpt = load_checkpoint(path)
+    check_weights(ckpt, path)
+    if ns.resume:
+        require_resumable(ckpt, path)
     base = {k: v for k, v in ckpt["config"].items() if k in C.FIELDS and k not in C.INVOCATION_KEYS}
     for key in C.SHAPE_KEYS:
         # A key missing from an older checkpoint's config had its default value (the baseline model).
