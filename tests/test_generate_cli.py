@@ -107,3 +107,22 @@ def test_module_and_console_script(run):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("The") and len(p.stdout) == len("The") + 7 + 1
     assert "Warning" not in p.stderr  # runpy's double-import warning, for one
+
+
+def test_ema_help_says_what_it_means_when_reading_a_run():
+    """--ema of the commands that read a run picks weights the run kept; it does not start an average."""
+    from tinyllm import generate_cli, serve
+
+    for parser in (generate_cli.build_parser(), serve.build_parser()):
+        text = " ".join(parser.format_help().split())
+        assert "Use the EMA weights when the run kept them" in text and "Keep an exponential" not in text
+
+
+def test_a_prompt_outside_the_vocabulary_names_the_flag_and_is_echoed_as_the_model_saw_it(run, capsys):
+    code, out, err = gen(capsys, "--out_dir", run, "--prompt", "§The ", "--temperature", "0", "--sample_chars", "5")
+    assert code == 2 and "\nerror: --prompt: characters not in the vocabulary: '§'" in err, err
+    code, out, err = gen(capsys, "--out_dir", run, "--prompt", "§The ", "--temperature", "0", "--sample_chars", "5",
+                         "--drop_unknown_chars")
+    assert code == 0 and "dropped prompt characters" in err and "['§']" in err
+    plain = gen(capsys, "--out_dir", run, "--prompt", "The ", "--temperature", "0", "--sample_chars", "5")[1]
+    assert out == plain and out.startswith("The ")  # the § is neither shown nor given to the model

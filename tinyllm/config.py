@@ -352,16 +352,24 @@ class _BooleanAction(argparse.BooleanOptionalAction):
             setattr(namespace, self.dest, not option_string.startswith(("--no-", "--no_")))
 
 
-def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+# What --ema means to the commands that read a finished run (sampling, serving) rather than train one.
+EMA_READ_HELP = ("Use the EMA weights when the run kept them (it did if it was trained with --ema); --no-ema uses "
+                 "the raw weights. (default: the run's own setting)")
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                  helps: dict[str, str] | None = None) -> None:
     """One flag per field (or per field named in `only`), grouped as in the dataclass. Defaults are SUPPRESSed
     so that the parsed namespace holds only what the user typed: that is what lets flags override JSON and
-    checkpoints."""
+    checkpoints. `helps` replaces the help text (default included) of a flag that means something else to the
+    command (see EMA_READ_HELP)."""
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     for name, f in FIELDS.items():
         if only is not None and name not in only:
             continue
         meta, kind = f.metadata, _type_of(f)
-        text = f"{meta['help']} (default: {f.default!r})".replace("%", "%%")  # argparse %-formats help
+        text = (helps or {}).get(name) or f"{meta['help']} (default: {f.default!r})"
+        text = text.replace("%", "%%")  # argparse %-formats help
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
         if kind is bool:
             kwargs["action"] = _BooleanAction

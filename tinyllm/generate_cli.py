@@ -47,9 +47,14 @@ class _Session:
     def samples(self, prompt: str, out: TextIO) -> None:
         """Print cfg.num_samples continuations of `prompt` (each after the prompt), streamed as they come."""
         cfg, tok = self.cfg, self.tokenizer
-        ids = prompt_ids(tok, prompt, cfg.drop_unknown_chars)
-        if cfg.drop_unknown_chars and prompt and tok.unknown(prompt):
-            print(f"warning: dropped prompt characters not in the vocabulary: {tok.unknown(prompt)}", file=sys.stderr)
+        try:
+            ids = prompt_ids(tok, prompt, cfg.drop_unknown_chars)
+        except UserError as e:
+            raise UserError(f"--prompt: {e}") from None
+        dropped = tok.unknown(prompt) if cfg.drop_unknown_chars and prompt else []
+        if dropped:
+            print(f"warning: dropped prompt characters not in the vocabulary: {dropped}", file=sys.stderr)
+            prompt = "".join(c for c in prompt if c not in dropped)  # echo what the model was given
         for i in range(cfg.num_samples):
             if i:
                 out.write("\n\n")
@@ -109,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactive", action="store_true",
                    help="Keep the model loaded and read one prompt per line from stdin; an empty line, "
                         "Ctrl+D or Ctrl+C quits.")
-    C.add_arguments(p, only=FLAGS)
+    C.add_arguments(p, only=FLAGS, helps={"ema": C.EMA_READ_HELP})
     return p
 
 

@@ -208,7 +208,7 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog, wall_s: float 
         + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
         f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
                                              else ""),
-        f"sample: python train_tinyllm.py --out_dir {out} --generate_only --prompt \"The \" --sample_chars 300",
+        f"sample: python train_tinyllm.py --out_dir {out} --generate_only --sample_chars 300",
     ]
     if reason == "interrupted" or (reason == "max_time" and cfg.max_steps):  # a time-budgeted run is complete
         lines.append(f"continue: python train_tinyllm.py --out_dir {out} --resume")

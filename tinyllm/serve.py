@@ -528,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Completions generated at the same time, each in its own thread; more wait in a queue.")
     s.add_argument("--log_level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (info logs every request).")
-    C.add_arguments(p, only=FLAGS)
+    C.add_arguments(p, only=FLAGS, helps={"ema": C.EMA_READ_HELP})
     return p
 
 
