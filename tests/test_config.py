@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,24 @@ from tinyllm.runconfig import resolve_config
 
 def resolve(argv):
     return resolve_config(build_parser().parse_args(argv))[0]
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"lr": NaN}', "NaN is not a number JSON allows"),
+    ('{"lr": -Infinity}', "-Infinity is not a number JSON allows"),
+    ('{"lr": 0.1, "n_layer": 2, "lr": 0.2}', "the key 'lr' is given more than once"),
+])
+def test_json_that_python_reads_but_is_not_plain_json_names_the_file(tmp_path: Path, text, needle):
+    f = tmp_path / "odd.json"
+    f.write_text(text)
+    with pytest.raises(UserError, match=f"--config {re.escape(str(f))}: {needle}"):
+        resolve(["--config", str(f)])
+
+
+def test_a_byte_order_mark_is_not_part_of_the_json(tmp_path: Path):
+    f = tmp_path / "notepad.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"n_layer": 2}).encode())
+    assert resolve(["--config", str(f)]).n_layer == 2
 
 
 def test_boolean_flags_have_no_variant():

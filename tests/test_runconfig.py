@@ -110,3 +110,12 @@ def test_the_generation_command_resolves_like_generate_only(tmp_path, monkeypatc
         generate_cli.main(["--out_dir", str(out), "--top_k", "5"])
     assert seen == [resolve(["--out_dir", str(out), "--generate_only", "--top_k", "5"])]
     assert (seen[0].temperature, seen[0].top_k) == (0.3, 5)
+
+
+def test_resuming_below_the_checkpoints_step_is_refused(tmp_path):
+    out = tmp_path / "run"
+    fake_run(out, max_steps=3)  # its checkpoint is at step 3
+    with pytest.raises(UserError, match="--max_steps 2: the run in .* is already at step 3; give a --max_steps above"):
+        resolve_config(build_parser().parse_args(["--out_dir", str(out), "--resume", "--max_steps", "2"]))
+    assert resolve_config(build_parser().parse_args(["--out_dir", str(out), "--resume", "--max_steps", "9"]))[0] \
+        .max_steps == 9

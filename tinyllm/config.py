@@ -317,8 +317,18 @@ def load_json(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--config: file not found: {p}")
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        if dup := next((k for k in keys if keys.count(k) > 1), None):  # json would keep the last one silently
+            raise UserError(f"--config {p}: the key {dup!r} is given more than once; keep one")
+        return dict(items)
+
+    def no_constant(name: str) -> None:  # NaN, Infinity: Python's json reads them, JSON has no such numbers
+        raise UserError(f"--config {p}: {name} is not a number JSON allows; give a finite value")
+
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (as some Windows editors write) is not part of the JSON.
+        raw = json.loads(p.read_text(encoding="utf-8-sig"), object_pairs_hook=pairs, parse_constant=no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"--config: {p} is not valid JSON ({e})") from None
     if not isinstance(raw, dict):

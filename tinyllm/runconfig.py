@@ -77,4 +77,8 @@ def resolve_run(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None
                         + (f"started from {started!r}" if started else "did not start from a model")
                         + "; --resume continues a run from its own checkpoint: drop init_from from the file, or "
                         "start a new run (without --resume) in another --out_dir")
-    return C.validate(C.from_dict({**base, **overrides, "init_from": started})), ckpt, None
+    cfg = C.validate(C.from_dict({**base, **overrides, "init_from": started}))
+    if ns.resume and 0 < cfg.max_steps < ckpt["step"]:
+        raise UserError(f"--max_steps {cfg.max_steps}: the run in {out_dir} is already at step {ckpt['step']}; "
+                        f"give a --max_steps above {ckpt['step']} to train it further")
+    return cfg, ckpt, None

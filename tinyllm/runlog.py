@@ -203,7 +203,8 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog, wall_s: float 
     lines = [
         f"done ({reason}) at step {p.step}" + (f"/{cfg.max_steps}" if cfg.max_steps else "")
         + f": best val loss {best}, "
-        f"{p.time_s:.1f} s of training" + (f" ({wall_s:.0f} s wall clock)" if wall_s is not None else "")
+        f"{p.time_s:.1f} s of training"
+        + (f" ({wall_s:.{0 if wall_s >= 10 else 1}f} s wall clock)" if wall_s is not None else "")
         + f", {p.tokens_seen:,} tokens seen"
         + (f", {p.skipped_steps} non-finite steps skipped" if p.skipped_steps else ""),
         f"checkpoints: {out / 'ckpt.pt'}" + (f" and {out / 'ckpt_best.pt'}" if math.isfinite(p.best_val_loss)
