@@ -150,8 +150,12 @@ def test_bad_input(bpe_run, text_file, tmp_path, capsys):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait".encode("latin-1"))
     fails("--model", bpe_run, "--data_path", latin1, needles=["--data_path", "not UTF-8", "byte offset 3"])
-    fails("--model", bpe_run, "--data_path", text_file, "--stride", "33", needles=["--stride 33", "32"])
-    fails("--model", bpe_run, "--data_path", text_file, "--stride", "-1", needles=["--stride"])
+    fails("--model", bpe_run, "--data_path", text_file, "--stride", "33", needles=["--stride 33 is longer", "32"])
+    fails("--model", bpe_run, "--data_path", text_file, "--stride", "-1", needles=["--stride -1 is negative"])
+    (tmp_path / "broken_hf").mkdir()  # weights and all, but a config.json that is not JSON
+    (tmp_path / "broken_hf" / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"],')
+    fails("--model", tmp_path / "broken_hf", "--data_path", text_file,
+          needles=["--model", "its config.json is not readable JSON"])
     fails("--model", bpe_run, "--data_path", text_file, "--batch_size", "0", needles=["--batch_size"])
     fails("--data_path", text_file, needles=["--model"])
     one = tmp_path / "one.txt"

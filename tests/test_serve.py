@@ -130,6 +130,9 @@ def test_stop_strings(client, run, capsys):
     assert printed == "The " + r.choices[0].text + "\n" and r.choices[0].text == text[:text.find(stop)]
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == text.find(stop) + len(stop)  # not one token more was sampled
+    # An empty list (the OpenAI API accepts it) means no stop strings at all.
+    none = client.completions.create(model=run.name, prompt="The ", max_tokens=40, temperature=0, stop=[])
+    assert none.choices[0].text == text and none.choices[0].finish_reason == "length"
 
 
 def test_stream_pieces_join_to_the_same_text(client, run, base_url):
@@ -185,6 +188,7 @@ BAD = [  # (request fields, the param the error names, a piece of its message)
     ({"n": True}, "n", "integer"),
     ({"prompt": 5}, "prompt", "string"),
     ({"prompt": ["ok", 3]}, "prompt", "string"),
+    ({"prompt": []}, "prompt", "non-empty list"),
     ({"prompt": "The \u20ac sign"}, "prompt", "vocabulary"),
     ({"stop": 7}, "stop", "string"),
     ({"seed": "x"}, "seed", "integer"),

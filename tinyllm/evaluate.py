@@ -92,8 +92,8 @@ def evaluate_ids(model: GPT, ids: np.ndarray, byte_lengths: np.ndarray, stride: 
         raise UserError(f"--data_path holds {len(ids)} token(s); evaluation needs at least 2 (one to predict "
                         "from, one to predict)")
     if not 0 <= stride <= context:
-        raise UserError(f"--stride {stride} is longer than the model's context ({context} tokens); use 1 to "
-                        f"{context}, or 0 for disjoint windows")
+        what = "is negative" if stride < 0 else f"is longer than the model's context ({context} tokens)"
+        raise UserError(f"--stride {stride} {what}; use 1 to {context}, or 0 for disjoint windows")
     if batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device

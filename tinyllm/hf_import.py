@@ -100,6 +100,12 @@ def load_source(path: str | Path, flag: str = "--init_from", use_ema: bool = Tru
         return _tinyllm_source(p / CKPT_NAMES["last"], flag, use_ema)
     if is_hf_folder(p):
         return _hf_source(p, flag)
+    if (p / "config.json").is_file():
+        try:
+            json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{flag} {p}: its config.json is not readable JSON ({e}); repair or replace it "
+                            "(a Hugging Face folder's config.json names its model class)") from None
     if (p / "config.json").is_file() or (p / "metrics.jsonl").is_file():
         raise UserError(f"{flag} {p}: this tinyllm run folder has no checkpoint ({CKPT_NAMES['last']}); train it "
                         "first, or pass one of its checkpoint files")

@@ -118,15 +118,17 @@ def _bool(body: dict, name: str) -> bool | None:
     return v
 
 
-def _strings(body: dict, name: str, limit: int) -> list[str] | None:
-    """A string or a non-empty list of at most `limit` strings, as a list; None when absent."""
+def _strings(body: dict, name: str, limit: int, allow_empty: bool = False) -> list[str] | None:
+    """A string or a list of at most `limit` strings (non-empty unless `allow_empty`), as a list; None when
+    absent."""
     v = body.get(name)
     if v is None:
         return None
     if isinstance(v, str):
         return [v]
-    if not isinstance(v, list) or not v or not all(isinstance(s, str) for s in v):
-        raise _type_error(name, "a string or a non-empty list of strings", v)
+    if not isinstance(v, list) or (not v and not allow_empty) or not all(isinstance(s, str) for s in v):
+        raise _type_error(name, "a string or a list of strings" if allow_empty else
+                          "a string or a non-empty list of strings", v)
     if len(v) > limit:
         raise RequestError(f"'{name}' may hold at most {limit} strings, got {len(v)}", name)
     return list(v)
@@ -262,7 +264,7 @@ class Engine:
                 raise _type_error("stream_options", 'an object {"include_usage": true|false}', options)
             include_usage = bool(_bool(options, "include_usage"))
 
-        stops = _strings(body, "stop", MAX_STOPS)
+        stops = _strings(body, "stop", MAX_STOPS, allow_empty=True)  # [] (as OpenAI's API allows): no stops
         stops = parse_stop(self.cfg.stop) if stops is None else [s for s in stops if s]
         prompts = _strings(body, "prompt", MAX_N)
         if prompts is None:
