@@ -45,6 +45,7 @@ def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
         (["--max_steps", "0", "--max_time", "60", "--lr_decay_steps", "50"], "leave them at 0, or give --max_steps"),
         (["--device", "cuda:7"], "--device"),
         (["--device", "tpu"], "--device"),
+        (["--n_embd", "1048576", "--n_head", "4", "--overwrite"], "needs 65,536 GiB or more to train"),  # a typo
     ]
     for args, needle in cases:
         check([*out, *args], needle, capsys)

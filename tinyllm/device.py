@@ -45,3 +45,28 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory the device has in all (a GPU's own, else this machine's), or None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_fits(n_layer: int, n_embd: int, device: torch.device) -> None:
+    """Refuse, before any data is read or tensor made, a model that cannot fit: a typo such as --n_embd 1048576
+    would otherwise end in an allocator's traceback (or a machine swapping for minutes). The estimate is a lower
+    bound (attention weights alone, 4 x n_embd^2 a layer; fp32 weights, gradients and two AdamW moments: 16
+    bytes a parameter), so no model that fits is refused."""
+    total = memory_bytes(device)
+    need = 16 * 4 * n_layer * n_embd**2
+    if total is not None and need > total:
+        raise UserError(f"--n_layer {n_layer} x --n_embd {n_embd} makes a model of at least {need / 16:,.0f} "
+                        f"parameters, which needs {need / 2**30:,.0f} GiB or more to train; this {device.type} has "
+                        f"{total / 2**30:,.0f} GiB: make it smaller")

@@ -31,7 +31,7 @@ from tinyllm import distributed, tensorboard
 from tinyllm.batches import curriculum_block_size, make_train_sampler, to_device
 from tinyllm.config import CUDA_GRAPH_MODES, Config, save_json
 from tinyllm.data import prepare
-from tinyllm.device import resolve_device
+from tinyllm.device import check_model_fits, resolve_device
 from tinyllm.ema import EMA
 from tinyllm.errors import UserError
 from tinyllm.evaluation import eval_row, evaluate, sample_text
@@ -133,6 +133,7 @@ class Trainer:
         if cfg.tensorboard and dist.is_main:
             tensorboard.require()  # a missing extra is an error before any data is read
         self.device = resolve_device(cfg.device, dist.local_rank)
+        check_model_fits(cfg.n_layer, cfg.n_embd, self.device)
         self.out = Path(cfg.out_dir)
         # Rank 0 prepares the data first (and writes any cache files); the others read after it.
         if not dist.is_main:
