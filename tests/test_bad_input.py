@@ -84,9 +84,11 @@ def test_bad_folders_and_patterns(existing_run, tmp_path, capsys):
     assert not (tmp_path / "new_run").exists()
 
 
-def test_missing_checkpoint(tmp_path, capsys):
+def test_missing_checkpoint(existing_run, tmp_path, capsys):
     check(["--out_dir", tmp_path / "nothing", "--generate_only"], "no checkpoint at", capsys)
     check(["--out_dir", tmp_path / "nothing", "--resume"], "no checkpoint at", capsys)
+    # A run that never evaluated has no best checkpoint: the message says which one there is.
+    check(["--out_dir", existing_run, "--generate_only", "--ckpt", "best"], "use --ckpt last", capsys)
 
 
 def test_corrupt_and_truncated_checkpoint(existing_run, capsys):

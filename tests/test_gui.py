@@ -152,8 +152,11 @@ def test_configure_preview_validation_and_presets(gui):
     client, home = gui["client"], gui["home"]
     command, check = client.predict(*form_values(home, out_dir="out/p"), api_name="/preview_command")
     assert command.startswith("python train_tinyllm.py") and "--n_embd 32" in command and "valid" in check
-    _, check = client.predict(*form_values(home, n_head=3), api_name="/preview_command")
-    assert "--n_embd (32) must be divisible by --n_head (3)" in check
+    command, check = client.predict(*form_values(home, n_head=3), api_name="/preview_command")
+    assert "--n_embd (32) must be divisible by --n_head (3)" in check and "python" not in command
+    # A whole-number setting typed with a fraction is an error, not silently rounded.
+    command, check = client.predict(*form_values(home, n_layer=3.4), api_name="/preview_command")
+    assert "--n_layer must be a whole number, got 3.4" in check and "python" not in command
     msg, _ = client.predict(*form_values(home, n_head=3, out_dir="out/bad"), api_name="/start_run")
     assert "divisible" in msg and not (home / "out" / "bad").exists()
     # Consistent settings that the run would refuse as it starts are shown as errors too, and not started.

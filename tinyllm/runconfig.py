@@ -57,6 +57,9 @@ def resolve_run(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None
     if which not in CKPT_NAMES:
         raise UserError(f"--ckpt must be one of {', '.join(CKPT_NAMES)}, got '{which}'")
     path = Path(out_dir) / CKPT_NAMES[which]
+    if which == "best" and not path.is_file() and (Path(out_dir) / CKPT_NAMES["last"]).is_file():
+        raise UserError(f"--ckpt best: {out_dir} has no {CKPT_NAMES['best']} (it is written when the run evaluates, "
+                        "and this one did not); use --ckpt last")
     ckpt = load_checkpoint(path)
     check_weights(ckpt, path)
     if ns.resume:

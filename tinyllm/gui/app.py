@@ -178,7 +178,9 @@ def make_input(spec: F.FieldSpec, value: Any, choices: list | None = None):
     if spec.kind == "choice":
         return gr.Dropdown(choices=list(spec.choices or ()), **common)
     if spec.kind == "int":
-        return gr.Number(precision=0, **common)
+        # No rounding in the browser (precision=0 would turn 3.4 into 3 unseen): the form's check says
+        # "must be a whole number" instead.
+        return gr.Number(precision=None, step=1, **common)
     if spec.kind == "float":
         return gr.Number(step=0.0001, **common)
     return gr.Textbox(lines=2 if "\n" in str(value) else 1, **common)
@@ -215,8 +217,8 @@ def build_config_tab(ctx: Ctx):
     def preview(*values):
         try:
             cfg = F.config_from_values(values)
-        except UserError as e:
-            return gr.skip(), err(e)
+        except UserError as e:  # no command for settings that do not validate (an older one would mislead)
+            return "# (fix the setting named below)", err(e)
         try:
             ctx.manager.preflight(cfg)
         except UserError as e:  # the settings are consistent, but the run would fail as it starts
