@@ -93,7 +93,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pat
     ckpt = load_checkpoint(out / "ckpt.pt")
     assert ckpt["step"] == 5
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    assert read_metrics(out / "metrics.jsonl")[-1]["reason"] == "error"
+    end = read_metrics(out / "metrics.jsonl")[-1]
+    assert (end["reason"], end["step"]) == ("error", 7)  # the step the message names
 
 
 def test_skip_nonfinite_skips_and_counts(corpus, tmp_path, monkeypatch, capsys):
@@ -117,6 +118,7 @@ def test_nonfinite_between_log_rows_is_caught_before_the_next_save(corpus, tmp_p
     assert train(corpus, out, "--log_interval", "5", "--checkpoint_interval", "5") == 1
     assert "non-finite loss or gradient at step 7" in capsys.readouterr().err
     assert load_checkpoint(out / "ckpt.pt")["step"] == 5
+    assert read_metrics(out / "metrics.jsonl")[-1]["step"] == 7  # not step 8, taken before 7's verdict was read
 
 
 def test_skipped_step_between_log_rows_leaves_no_trace_in_the_optimizer(corpus, tmp_path, monkeypatch):

@@ -109,6 +109,7 @@ class LogWindow:
             if not finite:
                 if not self.skip_nonfinite:
                     self.unsettled.clear()
+                    p.step = step  # the run ends at the step that failed (a later one may have been taken)
                     return (f"non-finite loss or gradient at step {step}; stopping without saving (the last "
                             f"good checkpoint is kept as it was). Lower --lr, use --grad_clip, or pass "
                             f"--skip_nonfinite to skip such steps")
