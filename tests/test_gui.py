@@ -318,3 +318,17 @@ def test_browser_configure_train_generate(gui, tmp_path):
     finally:
         driver.quit()
     assert (tmp_path / "gui-train.png").stat().st_size > 10_000
+
+
+def test_compare_says_why_a_chart_is_empty(tmp_path):
+    from tinyllm.gui.app import Ctx, compare_chart
+    from tinyllm.gui.runs import RunManager
+
+    run = tmp_path / "out" / "young"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "time_s": 0.1, "loss": 3.0}\n')  # no evaluation yet
+    ctx = Ctx(manager=RunManager(cwd=tmp_path), out_root="out")
+    assert "select runs to compare" in compare_chart(ctx, [], "val")
+    assert "the selected runs have no val loss yet" in compare_chart(ctx, ["out/young"], "val")
+    drawn = compare_chart(ctx, ["out/young"], "train")
+    assert "have no" not in drawn and "select runs" not in drawn and ">out/young</text>" in drawn

@@ -357,8 +357,9 @@ def compare_chart(ctx: Ctx, runs: list[str] | None, which: str) -> str:
     """The `which` ("train" or "val") loss curves of the selected runs, one line per run."""
     series = {name: loss_series(run_info(ctx.manager.resolve(name), ctx.manager).rows)[which]
               for name in runs or []}
+    empty = f"the selected runs have no {which} loss yet" if runs else "select runs to compare"
     return line_chart(series, title=f"{which} loss of the selected runs", y_label="loss", width=960, height=380,
-                      empty="select runs to compare")
+                      empty=empty)
 
 
 def build_runs_tab(ctx: Ctx, root_default: str):
