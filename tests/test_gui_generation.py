@@ -38,6 +38,8 @@ def test_sampling_settings_are_checked_like_the_flags():
         sampling_config(0.7, -1, 0.9, 1.1, 7, 20)
     with pytest.raises(UserError, match="--top_p must be at most 1.0"):
         sampling_config(0.7, 5, 1.5, 1.1, 7, 20)
+    with pytest.raises(UserError, match=r"New tokens \(--sample_chars\) must be at least 1"):  # the field's name
+        sampling_config(0.7, 5, 0.9, 1.1, 7, 0)
 
 
 def test_the_kv_cache_switch_is_found_on_generate():

@@ -37,7 +37,10 @@ def sampling_config(temperature: float, top_k: int, top_p: float, repetition_pen
                 raise UserError(f"--{k} must be a whole number, got {v:g}")
             v = int(v)
         clean[k] = v
-    return C.validate(C.from_dict(clean))
+    try:
+        return C.validate(C.from_dict(clean))
+    except UserError as e:  # the tab calls it "New tokens"
+        raise UserError(str(e).replace("--sample_chars", "New tokens (--sample_chars)")) from None
 
 
 class Generator:
