@@ -28,7 +28,7 @@ def check(args, needle, capsys):
 
 def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
     before = snapshot(existing_run)
-    out = ["--out_dir", existing_run, *TINY]
+    out = ["--out_dir", existing_run, *TINY, "--overwrite"]  # even a run that may replace it leaves it as it was
     d = tmp_path
     (d / "empty.txt").write_bytes(b"")
     (d / "latin1.txt").write_bytes(b"abc\xff\xfe def" * 100)
@@ -45,7 +45,7 @@ def test_bad_inputs_leave_the_run_untouched(existing_run, tmp_path, capsys):
         (["--max_steps", "0", "--max_time", "60", "--lr_decay_steps", "50"], "leave them at 0, or give --max_steps"),
         (["--device", "cuda:7"], "--device"),
         (["--device", "tpu"], "--device"),
-        (["--n_embd", "1048576", "--n_head", "4", "--overwrite"], "needs 65,536 GiB or more to train"),  # a typo
+        (["--n_embd", "1048576", "--n_head", "4"], "needs 65,536 GiB or more to train"),  # a typo
     ]
     for args, needle in cases:
         check([*out, *args], needle, capsys)
@@ -74,7 +74,7 @@ def test_bad_folders_and_patterns(existing_run, tmp_path, capsys):
     for data, needle in cases:
         for out in (existing_run, tmp_path / "new_run"):
             for extra in ([], ["--memmap_dataset"]):
-                code = run_cli(["--data_path", *data, "--out_dir", out, *TINY, *extra])
+                code = run_cli(["--data_path", *data, "--out_dir", out, *TINY, *extra, "--overwrite"])
                 err = capsys.readouterr().err
                 assert code == 2, err
                 last = err.strip().splitlines()[-1]  # a folder's summary line may come first

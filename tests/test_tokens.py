@@ -364,3 +364,39 @@ def test_a_bad_file_in_a_folder_is_named_and_leaves_nothing_behind(tmp_path):
         with pytest.raises(UserError, match=r"latin1.txt is not UTF-8 \(invalid byte 0xe9 at byte offset 3\)"):
             prepare(cfg_for(root, out, memmap_dataset=memmap), saved)
         assert not out.exists()
+
+
+def test_a_refused_run_leaves_the_folders_token_file_alone(tmp_path):
+    """The run folder is held and checked before the memmapped tokens.bin is (re)built: a second run with other
+    text, refused because the folder holds a run or is in use, must not swap the token file under that run."""
+    from tinyllm.rundir import RunLock
+
+    first, other = tmp_path / "first.txt", tmp_path / "other.txt"
+    first.write_text(corpus_text(), encoding="utf-8")
+    other.write_text("zyx wvu " * 3000, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["--out_dir", out, *TINY, "--memmap_dataset", "--max_steps", "2", "--eval_interval", "0"]
+    assert run_cli(["--data_path", first, *args]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    assert run_cli(["--data_path", other, *args]) == 2  # holds a run
+    lock = RunLock(out)
+    lock.acquire()  # a run still training there
+    try:
+        assert run_cli(["--data_path", other, *args, "--overwrite"]) == 2
+    finally:
+        lock.release()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder_and_no_temporary(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    out = tmp_path / "new"
+    assert run_cli(["--data_path", text, "--out_dir", out, *TINY, "--memmap_dataset", "--compile",
+                    "--compile_backend", "no_such_backend"]) == 2
+    assert not out.exists()  # the folder it made, tokens.bin and all, went with it
+    # A build killed outright leaves its temporary file; the next build (which holds the folder) clears it.
+    out.mkdir()
+    (out / f".{TOKENS_BIN}.killed.tmp").write_bytes(b"\0" * 100)
+    prepare(cfg_for(text, out, memmap_dataset=True), None)
+    assert sorted(p.name for p in out.iterdir()) == [TOKENS_BIN, TOKENS_META]

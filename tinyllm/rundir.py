@@ -139,16 +139,23 @@ def holds_run(out: Path) -> list[str]:
     return [name for name in RUN_FILES if (Path(out) / name).exists()]
 
 
+def refuse_to_mix(out: Path, overwrite: bool) -> list[str]:
+    """A fresh run may not start in a folder that holds one unless --overwrite says so (nothing is changed
+    here). Returns the run files there."""
+    existing = holds_run(out)
+    if existing and not overwrite:
+        resume = "continue it with --resume, " if "ckpt.pt" in existing else "it has no ckpt.pt to resume: "
+        raise UserError(f"--out_dir {out} already holds a run ({', '.join(existing)}); {resume}replace it with "
+                        "--overwrite, or choose another --out_dir")
+    return existing
+
+
 def prepare_run_dir(out: Path, resume_step: int | None, overwrite: bool) -> None:
     """Before a run writes anything: refuse to mix runs, clear a replaced run, and on resume drop the metric
     rows of steps after the checkpoint (they are about to be trained again)."""
     out = Path(out)
     if resume_step is None:
-        existing = holds_run(out)
-        if existing and not overwrite:
-            resume = "continue it with --resume, " if "ckpt.pt" in existing else "it has no ckpt.pt to resume: "
-            raise UserError(f"--out_dir {out} already holds a run ({', '.join(existing)}); {resume}replace it with "
-                            "--overwrite, or choose another --out_dir")
+        existing = refuse_to_mix(out, overwrite)
         aside = out / REPLACED
         # A set-aside run is already there when the run meant to replace it was killed before its first
         # checkpoint: that older run is the one worth keeping, so the killed run's files go.

@@ -455,6 +455,10 @@ def memmap_tokens(cfg: Config, tokenizer: Tokenizer, origin: str,
         return train, val, meta["val_bytes"]
 
     _say(f"data: {reason}; tokenising {cfg.data_path} into {bin_path}")
+    # A build killed outright (SIGKILL, SIGTERM while tokenising) leaves its temporary file; the run that holds
+    # the folder now (its lock is taken before the data) is the only one that could be writing one.
+    for stale in out.glob(f".{TOKENS_BIN}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{TOKENS_BIN}.", suffix=".tmp", dir=out)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -18,6 +18,7 @@ skip a non-finite step) are all-reduced once per step.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +44,15 @@ from tinyllm.model import GPT, ModelArgs
 from tinyllm.optim import get_lr, lr_factor, make_optimizer, set_lr
 from tinyllm.plot import plot_at_end
 from tinyllm.precision import Precision, choose_precision, cpu_description, separate_compile_cache
-from tinyllm.rundir import REPLACED, RunLock, check_writable, discard_replaced, prepare_run_dir, restore_replaced
+from tinyllm.rundir import (
+    REPLACED,
+    RunLock,
+    check_writable,
+    discard_replaced,
+    prepare_run_dir,
+    refuse_to_mix,
+    restore_replaced,
+)
 from tinyllm.runlog import (
     EXIT_CODES,
     STOP_FILE,
@@ -135,30 +144,37 @@ class Trainer:
         self.device = resolve_device(cfg.device, dist.local_rank)
         check_model_fits(cfg.n_layer, cfg.n_embd, self.device)
         self.out = Path(cfg.out_dir)
-        # Rank 0 prepares the data first (and writes any cache files); the others read after it.
-        if not dist.is_main:
-            dist.barrier()
-        # In memory, or the memmapped out_dir/tokens.bin with --memmap_dataset; on resume the checkpoint's
-        # tokenizer is reused, with --init_from the source's (which must encode the text: check_text).
-        saved = resume["tokenizer"] if resume else init.tokenizer_json if init is not None else None
-        if init is not None and (warning := check_text(cfg, init.tokenizer_json)):
-            self.notes.append(warning)
-        self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare(cfg, saved)
-        if dist.is_main:
-            dist.barrier()
-            check_writable(self.out)
-        self.eval_splits = {"train": train_ids, "val": val_ids}
-
-        self.lock = RunLock(self.out) if dist.is_main else None
-        if self.lock:
-            self.lock.acquire()
+        self.lock: RunLock | None = None
+        created = dist.is_main and not self.out.exists()
         try:
+            if dist.is_main:
+                # The folder is held, and checked, before anything is written into it (the memmapped tokens.bin
+                # included): a run that is to be refused must not touch the run that is there.
+                check_writable(self.out)
+                lock = RunLock(self.out)
+                lock.acquire()
+                self.lock = lock
+                if resume is None:
+                    refuse_to_mix(self.out, cfg.overwrite)
+            else:
+                dist.barrier()  # rank 0 prepares the data first (and writes any cache files); the others after
+            # In memory, or the memmapped out_dir/tokens.bin with --memmap_dataset; on resume the checkpoint's
+            # tokenizer is reused, with --init_from the source's (which must encode the text: check_text).
+            saved = resume["tokenizer"] if resume else init.tokenizer_json if init is not None else None
+            if init is not None and (warning := check_text(cfg, init.tokenizer_json)):
+                self.notes.append(warning)
+            self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare(cfg, saved)
+            if dist.is_main:
+                dist.barrier()
+            self.eval_splits = {"train": train_ids, "val": val_ids}
             self._build(cfg, resume, dist, init)
         except BaseException:
             self.__dict__.pop("fwd_model", None)  # a DDP wrapper holds the process group: teardown frees it
             if self.replacing:
                 restore_replaced(self.out)
             if self.lock:
+                if created:  # this run made the folder and held it since: nothing in it is anyone else's
+                    shutil.rmtree(self.out, ignore_errors=True)
                 self.lock.release()
             raise
 
