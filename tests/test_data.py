@@ -124,3 +124,22 @@ def test_bpe_learns_from_the_training_part_of_every_file(tmp_path):
     big = Config(data_path=str(root), out_dir=str(tmp_path / "run"), tokenizer="bpe", bpe_vocab_size=100_000)
     with pytest.raises(UserError, match="too large for the training parts of the files of"):
         build_tokenizer(big, None)
+
+
+def test_a_char_vocabulary_from_elsewhere_drops_unknown_characters_when_asked(corpus, tmp_path, capsys):
+    """--tokenizer_path or a resumed run's vocabulary, on a text with characters it lacks: refused, naming
+    --drop_unknown_chars; with it, trained, and the warning names what was left out."""
+    odd = tmp_path / "odd.txt"
+    odd.write_text(corpus.read_text(encoding="utf-8") + "§§ ¤\n", encoding="utf-8")
+    common = [*TINY, "--max_steps", "2", "--eval_interval", "0"]
+    assert run_cli(["--data_path", corpus, "--out_dir", tmp_path / "a", *common]) == 0
+    vocab = ["--tokenizer_path", tmp_path / "a" / "tokenizer.json"]
+    capsys.readouterr()
+    assert run_cli(["--data_path", odd, "--out_dir", tmp_path / "b", *common, *vocab]) == 2
+    assert "--drop_unknown_chars" in capsys.readouterr().err
+    assert run_cli(["--data_path", odd, "--out_dir", tmp_path / "b", *common, *vocab, "--drop_unknown_chars"]) == 0
+    err = capsys.readouterr().err
+    assert "leaving out of the training text 2 distinct characters (3 in all)" in err and "--tokenizer_path" in err
+    assert run_cli(["--data_path", odd, "--out_dir", tmp_path / "a", "--resume", "--max_steps", "3",
+                    "--drop_unknown_chars"]) == 0
+    assert "the char vocabulary of the run's checkpoint lacks" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def load_tokenizer_file(cfg: Config) -> Tokenizer:
     if not p.is_file():
         raise UserError(f"--tokenizer_path: file not found: {p}; pass a tokenizer.json written by an earlier run")
     try:
-        tok = tokenizer_from_json(p.read_text(encoding="utf-8"))
+        tok = tokenizer_from_json(p.read_text(encoding="utf-8"), drop_unknown=cfg.drop_unknown_chars)
     except UnicodeDecodeError:
         raise UserError(f"--tokenizer_path {p} is not a tokenizer.json (not UTF-8 text)") from None
     except UserError as e:

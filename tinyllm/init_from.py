@@ -92,15 +92,16 @@ def describe_characters(counts: dict[str, int]) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def check_text(cfg: C.Config, tokenizer_json: str) -> str | None:
-    """Whether the source's tokenizer encodes the run's text: a UserError listing the characters a char
-    vocabulary lacks, or with --drop_unknown_chars the warning to give (None when every character is known)."""
+def check_text(cfg: C.Config, tokenizer_json: str, whose: str | None = None) -> str | None:
+    """Whether a tokenizer the run did not build from its text (the source's; `whose` names another, such as a
+    --tokenizer_path file) encodes the run's text: a UserError listing the characters a char vocabulary lacks,
+    or with --drop_unknown_chars the warning to give (None when every character is known)."""
     counts = unknown_characters(tokenizer_from_json(tokenizer_json), cfg.data_path)
     if not counts:
         return None
     total = sum(counts.values())
     what = (f"{len(counts)} distinct character{'s' if len(counts) > 1 else ''} ({total:,} in all) that the char "
-            f"vocabulary of --init_from {cfg.init_from} lacks: {describe_characters(counts)}")
+            f"vocabulary of {whose or f'--init_from {cfg.init_from}'} lacks: {describe_characters(counts)}")
     if not cfg.drop_unknown_chars:
         raise UserError(f"--data_path {cfg.data_path} has {what}; pass --drop_unknown_chars to leave them out of "
                         "the training text, or remove them from the text")

@@ -164,6 +164,12 @@ class Trainer:
             if init is not None and (warning := check_text(cfg, init.tokenizer_json)):
                 self.notes.append(warning)
             self.tokenizer, train_ids, val_ids, self.bytes_per_token = prepare(cfg, saved)
+            # Characters dropped from the text by a vocabulary made from another text: say which, as for a source.
+            other = "the run's checkpoint" if resume else f"--tokenizer_path {cfg.tokenizer_path}" \
+                if cfg.tokenizer_path else None
+            if init is None and other and cfg.drop_unknown_chars and self.tokenizer.kind == "char" and \
+                    (warning := check_text(cfg, self.tokenizer.to_json(), other)):
+                self.notes.append(warning)
             if dist.is_main:
                 dist.barrier()
             self.eval_splits = {"train": train_ids, "val": val_ids}
