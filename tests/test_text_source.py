@@ -93,6 +93,22 @@ def test_a_glob_pattern_selects_text_files_likewise(tmp_path, monkeypatch):
     assert stamp["files"] == [source_stamp(str(tmp_path / "notes" / "y" / "3.md"))]
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="needs symbolic links")
+def test_a_pattern_reads_each_file_once_through_linked_folders(tmp_path, monkeypatch):
+    """`**` follows links to folders: a file reached under two names, or through a link loop, is read once."""
+    import os
+
+    root = make_tree(tmp_path / "notes", {"a/deep/e.txt": "e", "b/f.txt": "f"})
+    try:
+        os.symlink(root / "a", root / "b" / "link")  # a/deep/e.txt again as b/link/deep/e.txt
+        os.symlink(root / "b", root / "b" / "loop")  # b/loop/loop/... as far as glob goes
+    except OSError:
+        pytest.skip("symbolic links are not allowed here")
+    monkeypatch.chdir(tmp_path)
+    src = open_source("notes/**/*.txt")
+    assert [f.as_posix() for f in src.files] == ["notes/a/deep/e.txt", "notes/b/f.txt"]
+
+
 def test_a_folders_stamp_records_every_file(tmp_path):
     root = make_tree(tmp_path / "notes", {"a.txt": "aa", "b/c.md": "ccc", "skip.bin": "x"})
     stamp = open_source(root).stamp()

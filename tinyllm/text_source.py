@@ -167,7 +167,13 @@ def open_source(spec: str | Path, flag: str = "--data_path") -> TextSource:
         return TextSource(spec, "file", (check_text_file(p, flag),))
     else:
         matched = [Path(m) for m in glob.glob(spec, recursive=True)]
-        all_files = [m for m in matched if m.is_file()]
+        # `**` follows symbolic links to folders: one file can match under several names (a link loop gives
+        # dozens); each is read once, under the first name in sorted order.
+        by_target: dict[str, Path] = {}
+        for m in sorted(matched, key=lambda f: Path(os.path.abspath(f)).parts):
+            if m.is_file():
+                by_target.setdefault(os.path.realpath(m), m)
+        all_files = list(by_target.values())
         if not all_files:
             raise UserError(f"{flag}: the pattern {spec!r} matches no file; check it (and quote it, so that the "
                             "shell does not expand it)")
