@@ -164,6 +164,29 @@ def test_backend_and_gpu_follow_the_device(monkeypatch, device, backend, local_r
         assert groups == [] and gpus == []
 
 
+def test_torchruns_processes_without_ddp_are_told_to_add_it(monkeypatch):
+    """Under torchrun without --ddp each process would train a run of its own into the same folder."""
+    from tinyllm.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=r"one of 2 that torchrun started, but --ddp is not set: add --ddp"):
+        distributed.setup(False, "auto", "cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process under torchrun trains alone anyway
+    assert not distributed.setup(False, "auto", "cpu").enabled
+
+
+def test_ddp_on_cuda_without_a_gpu_says_there_is_none(monkeypatch):
+    from tinyllm.errors import UserError
+
+    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UserError, match="--device cuda: no CUDA GPU is available here"):
+        distributed.setup(True, "gloo", "cuda")
+
+
 TEARDOWN_PROBE = """
 import sys
 from pathlib import Path

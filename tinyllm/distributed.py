@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tinyllm.device import trains_on_cuda
+from tinyllm.device import resolve_device, trains_on_cuda
 from tinyllm.errors import UserError
 
 TORCHRUN_HINT = "torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp [flags]"
@@ -70,6 +70,9 @@ def setup(enabled: bool, backend: str, device: str = "auto") -> Dist:
     """The process group for a torchrun launch (`device` is --device: the ranks train on GPUs only where it
     is cuda, or auto on a machine with CUDA)."""
     if not enabled:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun's processes, each about to train alone
+            raise UserError(f"this process is one of {os.environ['WORLD_SIZE']} that torchrun started, but --ddp "
+                            f"is not set: add --ddp so that they train one run together ({TORCHRUN_HINT})")
         return Dist()
     missing = [v for v in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
@@ -83,6 +86,7 @@ def setup(enabled: bool, backend: str, device: str = "auto") -> Dist:
                         "--ddp_backend gloo (or auto) on CPUs")
     d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), True, backend)
     if on_gpu:
+        resolve_device(device)  # --device cuda without a GPU here: the message the flag gives without --ddp
         gpus = torch.cuda.device_count()
         if d.local_rank >= gpus:
             raise UserError(f"torchrun started more processes on this machine than it has GPUs ({gpus}): use "
