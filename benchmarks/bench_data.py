@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import describe, machine, table, write_json  # noqa: E402
+from benchmarks.common import describe, entry, machine, positive_int, table, write_json  # noqa: E402
 from tinyllm import data as D  # noqa: E402
 from tinyllm import tokens as T  # noqa: E402
 from tinyllm.config import Config  # noqa: E402
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bpe_vocab_size", type=int, default=4096)
     p.add_argument("--gib", type=float, default=1.0, help="size of the generated text for the memory part")
     p.add_argument("--rss_tokenizers", default="char", help="tokenizers for the memory part, e.g. char,bpe")
-    p.add_argument("--steps", type=int, default=50, help="training steps of each memory run")
+    p.add_argument("--steps", type=positive_int, default=50, help="training steps of each memory run")
     p.add_argument("--workers", type=int, default=0, help="--dataloader_workers of the memory runs")
     p.add_argument("--skip_rss", action="store_true", help="only the tokenisation speed part")
     p.add_argument("--workdir", default="", help="where to put the generated files (default: a temp folder)")
@@ -187,4 +187,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

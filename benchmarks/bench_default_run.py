@@ -38,7 +38,7 @@ import common  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=1, help="runs, one after the other")
+    p.add_argument("--runs", type=common.positive_int, default=1, help="runs, one after the other")
     p.add_argument("--target_wall", type=float, default=180.0, help="wall-clock goal in seconds (reported)")
     p.add_argument("--target_val", type=float, default=1.55, help="best-val goal (reported)")
     p.add_argument("--json", default="", help="also write the results to this file")
@@ -53,6 +53,10 @@ def one_run(extra: list[str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        if proc.returncode == 2:  # the command refused its flags: its own one line says why
+            from tinyllm.errors import UserError
+
+            raise UserError(f"{' '.join(cmd[1:])}: {proc.stderr.strip().splitlines()[-1]}")
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
             raise RuntimeError(f"the default run failed (exit status {proc.returncode}): {' '.join(cmd)}")
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = one_run(a.extra)
         runs.append(r)
         print(f"run {i + 1}: {r['wall_s']:.1f} s wall clock ({r['train_s']:.1f} s of training, {r['steps']} steps), "
-              f"best val {r['best_val']}", flush=True)
+              f"best val {'-' if r['best_val'] is None else format(r['best_val'], '.4f')}", flush=True)
     rows = [[i + 1, f"{r['wall_s']:.1f} s", f"{r['train_s']:.1f} s", r["steps"],
              f"{r['best_val']:.4f}" if r["best_val"] is not None else "-",
              f"{r['final_train_loss']:.4f}" if r["final_train_loss"] is not None else "-",
@@ -111,4 +115,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

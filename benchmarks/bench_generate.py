@@ -42,9 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(C.DEFAULT_CONFIG_PATH), help="preset whose model settings to use")
     p.add_argument("--block_size", type=int, default=256)
-    p.add_argument("--new_tokens", type=int, default=500)
+    p.add_argument("--new_tokens", type=common.positive_int, default=500)
     p.add_argument("--vocab_size", type=int, default=65, help="65 = tinyshakespeare's characters")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=common.positive_int, default=3)
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--json", default="", help="also write the results to this file")
@@ -96,4 +96,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

@@ -20,7 +20,6 @@ would hand to AdamW, are left out, so the figures are the Muon part alone.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import common
@@ -72,8 +71,8 @@ def optimizers() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=5, help="steps per row per round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=common.positive_int, default=5, help="steps per row per round")
+    p.add_argument("--rounds", type=common.positive_int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--tiny", action="store_true", help="a tiny model, few steps: a smoke run")
     p.add_argument("--json", default="", help="also write the results to this file")
@@ -109,4 +108,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    common.entry(main)

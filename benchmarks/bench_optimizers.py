@@ -57,8 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--eval_tokens", type=int, default=150_000, help="validation tokens per estimate, at least")
     p.add_argument("--calibrate_steps", type=int, default=30, help="timed steps that size each schedule")
-    p.add_argument("--steps", type=int, default=10, help="precision part: steps per row per round")
-    p.add_argument("--rounds", type=int, default=5, help="precision part: rounds")
+    p.add_argument("--steps", type=common.positive_int, default=10, help="precision part: steps per row per round")
+    p.add_argument("--rounds", type=common.positive_int, default=5, help="precision part: rounds")
     p.add_argument("--no-precision", dest="precision", action="store_false", help="skip the fp32 vs --amp part")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--tiny", action="store_true", help="a tiny model, few steps: a smoke run")
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

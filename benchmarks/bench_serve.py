@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", default="config/tiny_char_gpt.json", help="preset of the throwaway run")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="numbers of concurrent clients")
     p.add_argument("--requests", type=int, default=4, help="requests each client sends, one after the other")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over every (server, clients) pair")
+    p.add_argument("--rounds", type=common.positive_int, default=3, help="rounds over every (server, clients) pair")
     p.add_argument("--max_tokens", type=int, default=100, help="tokens asked for per request")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--parallel", type=int, nargs="+", default=[4],
@@ -193,4 +193,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n_embd", type=int, default=384)
     p.add_argument("--block_size", type=int, default=256)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=5, help="steps per row per round")
-    p.add_argument("--rounds", type=int, default=6, help="rounds; each runs every row once")
+    p.add_argument("--steps", type=common.positive_int, default=5, help="steps per row per round")
+    p.add_argument("--rounds", type=common.positive_int, default=6, help="rounds; each runs every row once")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per row before the rounds")
     p.add_argument("--matmul_n", type=int, default=2048, help="size of the matmuls that measure the peak")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -226,4 +226,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

@@ -71,7 +71,7 @@ def eval_iters_for(tokens: int, batch_size: int, block_size: int) -> int:
 def run_baseline(a: argparse.Namespace, seed: int, data_path: str) -> dict[str, Any]:
     from tinyllm.data import prepare
 
-    hp = BABY | common.parse_sets(a.baby)
+    hp = BABY | common.parse_sets(a.baby, known=list(BABY), flag="--baby")
     cfg = common.tinyllm_config({"data_path": data_path, "block_size": hp["block_size"], "out_dir": "unused"})
     tokenizer, train_ids, val_ids, _ = prepare(cfg, None)
     torch.manual_seed(seed)
@@ -207,4 +207,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

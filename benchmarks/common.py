@@ -18,6 +18,7 @@ computes in (fp32, or bf16 under --amp). The peak is timed here, never taken fro
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -226,11 +227,37 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs (numbers, true/false, else strings) into a dict of config overrides."""
+def positive_int(text: str) -> int:
+    """argparse type of counts (steps, rounds, runs, tokens): a bad one is argparse's one-line usage error."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def entry(main: Callable[[], Any]) -> None:
+    """A benchmark script's entry point: bad settings (a tinyllm UserError, a worker that refused its own) are one
+    line and exit status 2, as in tinyllm's commands."""
+    from tinyllm.errors import exits_cleanly
+
+    with exits_cleanly():
+        main()
+
+
+def parse_sets(pairs: Sequence[str], known: Sequence[str] | None = None, flag: str = "--set") -> dict[str, Any]:
+    """KEY=VALUE pairs (numbers, true/false, else strings) into a dict of config overrides; with `known`, a key
+    not in it is an error (a typo would otherwise be dropped unseen)."""
+    from tinyllm.errors import UserError
+
     out = {}
     for pair in pairs:
-        key, _, raw = pair.partition("=")
+        key, eq, raw = pair.partition("=")
+        if not eq or (known is not None and key not in known):
+            choices = f"; one of {', '.join(known)}" if known is not None else ""
+            raise UserError(f"{flag} {pair}: expected KEY=VALUE{choices}")
         for kind in (int, float):
             try:
                 out[key] = kind(raw)
@@ -303,6 +330,10 @@ def run_worker(script: str | Path, argv: Sequence[str]) -> dict[str, Any]:
                 result = json.loads(line[len(RESULT_TAG):])
             else:
                 print(line, end="", flush=True)
+    if proc.returncode == 2:  # it refused its settings, and said why on its stderr (shown above)
+        from tinyllm.errors import UserError
+
+        raise UserError(f"a benchmark run refused its settings (see above): {' '.join(cmd)}")
     if proc.returncode != 0 or result is None:
         raise RuntimeError(f"benchmark worker failed (exit status {proc.returncode}): {' '.join(cmd)}")
     return result

@@ -29,14 +29,19 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
 shift || true
-PARTS=${*:-ttl throughput baseline profile tests gpt2 generate}
+ALL_PARTS="ttl throughput baseline profile tests gpt2 generate"
+PARTS=${*:-$ALL_PARTS}
+for part in $PARTS; do  # a typo must not spend a GPU lease on nothing
+    [[ " $ALL_PARTS " == *" $part "* ]] || { echo "error: unknown part '$part'; the parts are: $ALL_PARTS" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 status=0
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 # DRY_RUN=1 prints the commands without running them (tests/test_benchmarks.py checks their flags that way)
-run() { echo "== $*"; [[ -n ${DRY_RUN:-} ]] || "$PY" "$@" || { echo "FAILED: $*"; status=1; }; }
+# (printed shell-quoted, so that a printed command can be pasted as it is)
+run() { echo "== $(printf '%q ' "$@")"; [[ -n ${DRY_RUN:-} ]] || "$PY" "$@" || { echo "FAILED: $*"; status=1; }; }
 PRESET=config/shakespeare_char_gpu.json
 GRAPHS=(compile=true compile_mode=reduce-overhead)
 CLASSIC=(pos_encoding=learned norm=layernorm mlp=gelu qk_norm=false bias=true weight_tying=false optimizer=adamw
@@ -88,7 +93,7 @@ part_generate() {
     return $status
 }
 
-for part in ttl throughput baseline profile tests gpt2 generate; do
+for part in $ALL_PARTS; do
     if has "$part"; then
         if [[ -n ${DRY_RUN:-} ]]; then "part_$part"; continue; fi
         "part_$part" 2>&1 | tee "$OUT/gpu_$part.log"

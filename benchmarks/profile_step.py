@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data_path", default="", help="text to train on (default: the preset's, else the included "
                    "corpus)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset settings")
-    p.add_argument("--steps", type=int, default=20, help="profiled steps")
+    p.add_argument("--steps", type=common.positive_int, default=20, help="profiled steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--top", type=int, default=15, help="operators to list")
@@ -137,4 +137,4 @@ def gpu_tables(events: Any, steps: int, top: int, wall_ms: float) -> dict[str, A
 
 
 if __name__ == "__main__":
-    main()
+    common.entry(main)

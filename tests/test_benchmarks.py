@@ -212,6 +212,19 @@ def gpu_script_calls(out: Path, *parts: str) -> list[tuple[str, list[str]]]:
     return [(Path(words[0]).stem, words[1:]) for words in lines if words[0].startswith("benchmarks/")]
 
 
+def test_gpu_script_refuses_an_unknown_part_and_prints_commands_that_paste(tmp_path: Path):
+    import os
+    import subprocess
+
+    env = os.environ | {"DRY_RUN": "1"}
+    bad = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(tmp_path), "ttl", "throughputt"], capture_output=True,
+                         text=True, env=env)
+    assert bad.returncode == 2 and "unknown part 'throughputt'" in bad.stderr and bad.stdout == ""
+    tests = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(tmp_path), "tests"], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    assert "-k cuda\\ or\\ nccl" in tests or "-k 'cuda or nccl'" in tests  # quoted: one argument
+
+
 def test_gpu_script_passes_only_flags_and_settings_the_benchmarks_know(tmp_path: Path):
     # benchmarks/gpu.sh needs a GPU, so it cannot be smoke-run here; its commands are checked instead
     calls = gpu_script_calls(tmp_path)
@@ -276,3 +289,18 @@ def test_profile_gpu_table_measures_busy_share_and_launches():
     res = profile_step.gpu_tables(events, steps=2, top=5, wall_ms=4.0)
     assert res["gpu_busy_ms"] == 2.0 and res["gpu_kernels_per_step"] == 3
     assert [(r["op"], r["calls"], r["gpu_ms"]) for r in res["gpu_top"]] == [("gemm", 2, 1.5), ("elementwise", 1, 0.5)]
+
+
+@pytest.mark.parametrize("script, args, needle", [
+    ("bench_generate.py", ["--device", "foo"], "error: --device 'foo' is not a device"),
+    ("bench_generate.py", ["--rounds", "0"], "--rounds: must be at least 1, got 0"),
+    ("profile_step.py", ["--steps", "0"], "--steps: must be at least 1, got 0"),
+    ("bench_time_to_loss.py", ["--runs", "baseline", "--baby", "bogus=1"], "error: --baby bogus=1: expected KEY=VALUE; "
+                                                                         "one of n_layer"),
+])
+def test_benchmarks_refuse_bad_settings_in_one_line(script, args, needle):
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, cwd=BENCH.parent,
+                       timeout=120)
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
