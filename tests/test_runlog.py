@@ -109,5 +109,12 @@ def test_end_row_and_summary(tmp_path):
     assert "2 non-finite steps skipped" in lines[0]
     assert "--generate_only" in lines[2] and "--resume" in lines[3]
     lines = []
-    summarize(Config(out_dir=str(tmp_path), max_steps=10), Progress(step=10), "max_steps", lines.append)
+    summarize(Config(out_dir=str(tmp_path), max_steps=10, eval_interval=0), Progress(step=10), "max_steps",
+              lines.append)
     assert "n/a (eval disabled)" in lines[0] and len(lines) == 3  # a finished run: nothing to continue
+    # Stopped before its first evaluation; a DDP run is continued the way it was launched.
+    lines = []
+    summarize(Config(out_dir=str(tmp_path), max_steps=10, eval_interval=5, ddp=True), Progress(step=3),
+              "interrupted", lines.append)
+    assert "n/a (no evaluation yet)" in lines[0]
+    assert lines[3].startswith("continue: torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp --out_dir")

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = p.add_argument_group("run")
-    run.add_argument("--config", default=None, metavar="FILE",
+    p.set_defaults(config=None)  # (before the flag, whose own default stays SUPPRESS: no "(default: None)" in help)
+    run.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
                      help=f"JSON file of settings (default: {C.DEFAULT_CONFIG_PATH.relative_to(C.REPO_ROOT)})")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="Continue the run in --out_dir from its ckpt.pt.")

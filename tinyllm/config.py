@@ -95,7 +95,7 @@ class Config:
                           "a multiple of 64.", "model", min=0, shape=True)
     pos_encoding: str = opt("learned", "Positions: learned absolute embeddings, rope (rotary, on q and k) or "
                             "none.", "model", choices=("learned", "rope", "none"), shape=True)
-    rope_theta: float = opt(10000.0, "RoPE base: the slowest pair of dimensions turns by position / theta.",
+    rope_theta: float = opt(10000.0, "RoPE base: dimension pair i of a head turns by position x theta^(-2i/head_size).",
                             "model", min=0.0, min_exclusive=True, shape=True)
     norm: str = opt("layernorm", "Normalisation layer: layernorm or rmsnorm.", "model",
                     choices=("layernorm", "rmsnorm"), shape=True)

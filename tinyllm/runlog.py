@@ -200,7 +200,8 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog, wall_s: float 
     """The closing lines; `wall_s`, this session's wall clock, beside the training time (which leaves out
     evaluations, samples and saves)."""
     out = Path(cfg.out_dir)
-    best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else "n/a (eval disabled)"
+    best = f"{p.best_val_loss:.4f}" if math.isfinite(p.best_val_loss) else \
+        "n/a (eval disabled)" if cfg.eval_interval == 0 else "n/a (no evaluation yet)"
     lines = [
         f"done ({reason}) at step {p.step}" + (f"/{cfg.max_steps}" if cfg.max_steps else "")
         + f": best val loss {best}, "
@@ -213,6 +214,8 @@ def summarize(cfg: Config, p: Progress, reason: str, log: RunLog, wall_s: float 
         f"sample: python train_tinyllm.py --out_dir {out} --generate_only --sample_chars 300",
     ]
     if reason == "interrupted" or (reason == "max_time" and cfg.max_steps):  # a time-budgeted run is complete
-        lines.append(f"continue: python train_tinyllm.py --out_dir {out} --resume")
+        launch = "torchrun --standalone --nproc_per_node=N train_tinyllm.py --ddp" if cfg.ddp else \
+            "python train_tinyllm.py"  # --ddp belongs to the launch: a resume is not given it by the checkpoint
+        lines.append(f"continue: {launch} --out_dir {out} --resume")
     for line in lines:
         log(line)
