@@ -60,6 +60,7 @@ def test_tokenizer_path_reuses_a_tokenizer(corpus, tmp_path, capsys):
         (["--tokenizer_path", saved], "holds a bpe tokenizer but --tokenizer is char; pass --tokenizer bpe"),
         (["--tokenizer", "bpe", "--tokenizer_path", saved], "has 280 tokens but --bpe_vocab_size is 4096"),
         (["--tokenizer_path", tmp_path / "nope.json"], "--tokenizer_path: file not found"),
+        (["--tokenizer_path", first], "is a folder; pass the tokenizer.json in it"),
         (["--tokenizer_path", corpus], "--tokenizer_path"),
     ]
     for extra, needle in cases:

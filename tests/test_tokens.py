@@ -400,3 +400,5 @@ def test_a_run_that_fails_before_training_leaves_no_folder_and_no_temporary(tmp_
     (out / f".{TOKENS_BIN}.killed.tmp").write_bytes(b"\0" * 100)
     prepare(cfg_for(text, out, memmap_dataset=True), None)
     assert sorted(p.name for p in out.iterdir()) == [TOKENS_BIN, TOKENS_META]
+    if os.name == "posix":  # made through mkstemp, but with a plain file's mode, as the sidecar beside it
+        assert (out / TOKENS_BIN).stat().st_mode & 0o777 == (out / TOKENS_META).stat().st_mode & 0o777

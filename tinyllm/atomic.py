@@ -22,6 +22,12 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def plain_file_mode(path: Path) -> None:
+    """Give a file made by mkstemp (private, 0600) the mode a plain open() would have given it."""
+    if hasattr(os, "chmod"):
+        os.chmod(path, 0o666 & ~_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any moment leaves the old file or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)

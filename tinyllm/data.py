@@ -94,6 +94,8 @@ def _train_bytes(size: int, val_fraction: float) -> int:
 
 def load_tokenizer_file(cfg: Config) -> Tokenizer:
     p = Path(cfg.tokenizer_path)
+    if p.is_dir():
+        raise UserError(f"--tokenizer_path {p} is a folder; pass the tokenizer.json in it (a run folder holds one)")
     if not p.is_file():
         raise UserError(f"--tokenizer_path: file not found: {p}; pass a tokenizer.json written by an earlier run")
     try:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyllm.atomic import atomic_write_text
+from tinyllm.atomic import atomic_write_text, plain_file_mode
 from tinyllm.config import Config
 from tinyllm.errors import UserError
 from tinyllm.text_source import CHUNK_BYTES, TextSource, iter_text_chunks, open_source, read_text
@@ -476,6 +476,7 @@ def memmap_tokens(cfg: Config, tokenizer: Tokenizer, origin: str,
         if not documents:
             val_bytes = _val_bytes(val, tokenizer)
         meta_path.unlink(missing_ok=True)
+        plain_file_mode(tmp)
         os.replace(tmp, bin_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
