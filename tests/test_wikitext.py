@@ -304,6 +304,13 @@ def test_missing_input_raises_value_error_naming_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_empty_input_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty.tokens").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.tokens.*is empty"):
+        clean_file(tmp_path / "empty.tokens", tmp_path / "out.txt")
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_directory_input_raises_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is a directory"):
         clean_file(tmp_path, tmp_path / "out.txt")

@@ -120,6 +120,8 @@ def _check_paths(input_path: Path, output_path: Path) -> None:
         raise _BadPathError(
             "--input", f"input {str(input_path)!r} is a directory; pass a WikiText file inside it instead"
         )
+    if input_path.stat().st_size == 0:
+        raise _BadPathError("--input", f"input file {str(input_path)!r} is empty; pass a WikiText file with text in it")
     if output_path.is_dir():
         raise _BadPathError(
             "--output", f"output {str(output_path)!r} is a directory; pass a file path to write to"
