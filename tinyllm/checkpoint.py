@@ -65,6 +65,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def load_model_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """load_checkpoint for a checkpoint a model is to be built from (every reader: resume, sampling, export,
+    evaluation, a start from it): its settings and weights checked to fit (check_weights)."""
+    ckpt = load_checkpoint(path, map_location)
+    check_weights(ckpt, path)
+    return ckpt
+
+
 def check_weights(ckpt: dict[str, Any], p: str | Path) -> None:
     """Before a model is built from a loaded checkpoint: its model settings are ones this tinyllm knows, and the
     weights (and EMA weights) are the tensors of that model, name for name and shape for shape. A damaged or

@@ -45,11 +45,10 @@ def check(args: ModelArgs, tokenizer: Any, fmt: str, dtype: str | None = None) -
 
 def check_run(out_dir: str | Path, which: str, fmt: str, dtype: str | None = None) -> str:
     """check() for the checkpoint `which` of the run in out_dir (loads it; writes nothing)."""
-    from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint
+    from tinyllm.checkpoint import CKPT_NAMES, load_model_checkpoint
     from tinyllm.tokenizer import tokenizer_from_json
 
-    ckpt = load_checkpoint(Path(out_dir) / CKPT_NAMES[which])
-    check_weights(ckpt, Path(out_dir) / CKPT_NAMES[which])
+    ckpt = load_model_checkpoint(Path(out_dir) / CKPT_NAMES[which])
     return check(ModelArgs(**ckpt["model_args"]), tokenizer_from_json(ckpt["tokenizer"]), fmt, dtype)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint
+from tinyllm.checkpoint import CKPT_NAMES, load_model_checkpoint
 from tinyllm.model import GPT, ModelArgs
 from tinyllm.tokenizer import tokenizer_from_json
 
@@ -163,13 +163,12 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, params: Samplin
 def load_model(out_dir: str, which: str = "last", device: str | torch.device = "cpu", use_ema: bool = True):
     """Model (in eval mode), tokenizer and checkpoint dict from a run folder. The EMA weights are used
     when the checkpoint has them, unless `use_ema` is False."""
-    ckpt = load_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
-    check_weights(ckpt, f"{out_dir}/{CKPT_NAMES[which]}")
+    ckpt = load_model_checkpoint(f"{out_dir}/{CKPT_NAMES[which]}", map_location=device)
     return *model_from_checkpoint(ckpt, device, use_ema), ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", use_ema: bool = True):
-    """(model in eval mode, tokenizer) from a checkpoint dict already loaded by load_checkpoint."""
+    """(model in eval mode, tokenizer) from a checkpoint dict already loaded by load_model_checkpoint."""
     model = GPT(ModelArgs(**ckpt["model_args"]))
     model.load_state_dict(ckpt["ema"] if use_ema and "ema" in ckpt else ckpt["model"])
     model.to(device).eval()

@@ -4,7 +4,8 @@
 
 PATH is one of
 * a tinyllm run folder (its ckpt.pt) or a checkpoint file (run/ckpt_best.pt, a copy elsewhere): read by
-  tinyllm.checkpoint.load_checkpoint, the one checkpoint loader, with the EMA weights where the run kept them;
+  tinyllm.checkpoint.load_model_checkpoint (the one checkpoint loader, its weights checked), with the EMA
+  weights where the run kept them;
 * a Hugging Face model folder (config.json, model.safetensors or its shards, tokenizer.json) of class
   GPT2LMHeadModel, LlamaForCausalLM or Qwen3ForCausalLM: the reverse of tinyllm.export_hf, needing only
   `safetensors` and `tokenizers` (not `transformers`).
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 
-from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint
+from tinyllm.checkpoint import CKPT_NAMES, load_model_checkpoint
 from tinyllm.errors import UserError
 from tinyllm.export_common import GATED_ACTIVATIONS
 from tinyllm.model import GPT, QK_NORM_EPS, ModelArgs, mlp_hidden_size
@@ -151,8 +152,7 @@ def _tinyllm_source(ckpt_path: Path, flag: str, use_ema: bool) -> Source:
     from tinyllm.generate import model_from_checkpoint
 
     try:
-        ckpt = load_checkpoint(ckpt_path)
-        check_weights(ckpt, ckpt_path)
+        ckpt = load_model_checkpoint(ckpt_path)
         model, _ = model_from_checkpoint(ckpt, "cpu", use_ema)
     except UserError as e:
         raise UserError(f"{flag} {ckpt_path}: {e}") from None

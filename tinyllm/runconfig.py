@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinyllm import config as C
-from tinyllm.checkpoint import CKPT_NAMES, check_weights, load_checkpoint, require_resumable
+from tinyllm.checkpoint import CKPT_NAMES, load_model_checkpoint, require_resumable
 from tinyllm.errors import UserError
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def resolve_run(ns: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None
     if which == "best" and not path.is_file() and (Path(out_dir) / CKPT_NAMES["last"]).is_file():
         raise UserError(f"--ckpt best: {out_dir} has no {CKPT_NAMES['best']} (it is written when the run evaluates, "
                         "and this one did not); use --ckpt last")
-    ckpt = load_checkpoint(path)
-    check_weights(ckpt, path)
+    ckpt = load_model_checkpoint(path)
     if ns.resume:
         require_resumable(ckpt, path)
     base = {k: v for k, v in ckpt["config"].items() if k in C.FIELDS and k not in C.INVOCATION_KEYS}
